@@ -1,0 +1,207 @@
+"""QuartzNet: BxR Jasper blocks of masked time-separable convolutions, CTC head, optional Squeeze-Excite.
+
+Masking follows NeMo's MaskedConv1d: every convolution zeroes its input past each clip's length, so a clip padded
+into a batch gives the same outputs on its valid frames as the clip alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 1e-3  # NeMo's BatchNorm1d eps for QuartzNet
+
+
+@dataclass
+class BlockConfig:
+    filters: int
+    repeat: int = 1
+    kernel: int = 1
+    stride: int = 1
+    dilation: int = 1
+    residual: bool = False
+    separable: bool = True
+    se: bool = False
+
+
+@dataclass
+class ModelConfig:
+    feat_in: int = 64
+    num_classes: int = 34  # labels + blank (blank is the last index)
+    blocks: list[BlockConfig] = field(default_factory=list)
+    se_reduction_ratio: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        d["blocks"] = [BlockConfig(**b) for b in d["blocks"]]
+        return cls(**d)
+
+    @property
+    def stride(self) -> int:
+        s = 1
+        for b in self.blocks:
+            s *= b.stride
+        return s
+
+
+def _quartznet(bxr: list[tuple[int, int, int]], repeat: int, se: bool) -> list[BlockConfig]:
+    """C1, then (filters, kernel, count) groups of residual blocks, then C2 and C3 (NEMO.md §1.1)."""
+    blocks = [BlockConfig(256, 1, 33, stride=2)]
+    for filters, kernel, count in bxr:
+        blocks += [BlockConfig(filters, repeat, kernel, residual=True, se=se) for _ in range(count)]
+    blocks += [BlockConfig(512, 1, 87, dilation=2), BlockConfig(1024, 1, 1, separable=False)]
+    return blocks
+
+
+def preset(name: str, num_classes: int = 34, se: bool = False) -> ModelConfig:
+    """Named architectures: '15x5' (QuartzNet15x5, 18.9M), '5x5' (6.7M), 'small' (~1.2M), 'tiny' (tests)."""
+    b = [(256, 33, 1), (256, 39, 1), (512, 51, 1), (512, 63, 1), (512, 75, 1)]
+    if name == "15x5":
+        blocks = _quartznet([(f, k, 3) for f, k, _ in b], 5, se)
+    elif name == "5x5":
+        blocks = _quartznet(b, 5, se)
+    elif name == "small":  # a 5x3 at a quarter of the width: trains on a CPU in an hour
+        blocks = [BlockConfig(128, 1, 33, stride=2)]
+        blocks += [BlockConfig(f // 2, 3, k, residual=True, se=se) for f, k, _ in b]
+        blocks += [BlockConfig(256, 1, 87, dilation=2), BlockConfig(256, 1, 1, separable=False)]
+    elif name == "tiny":  # the shape of the NeMo test fixture
+        blocks = [BlockConfig(64, 1, 11, stride=2)]
+        blocks += [BlockConfig(64, 2, k, residual=True, se=se) for k in (13, 15, 17)]
+        blocks += [BlockConfig(64, 1, 19, dilation=2), BlockConfig(128, 1, 1, separable=False)]
+    else:
+        raise ValueError(f"unknown model preset {name!r} (choose 15x5, 5x5, small, tiny)")
+    return ModelConfig(num_classes=num_classes, blocks=blocks)
+
+
+def sequence_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """[B, 1, T] float mask: 1 where t < length."""
+    t = torch.arange(max_len, device=lengths.device)
+    return (t[None, :] < lengths[:, None]).unsqueeze(1)
+
+
+class SubBlock(nn.Module):
+    """[depthwise conv] → pointwise conv → BatchNorm. Activation is applied by the block."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, dilation: int, separable: bool):
+        super().__init__()
+        pad = dilation * (kernel - 1) // 2  # "same"
+        if separable:
+            self.dw = nn.Conv1d(c_in, c_in, kernel, stride, pad, dilation, groups=c_in, bias=False)
+            self.conv = nn.Conv1d(c_in, c_out, 1, bias=False)
+        else:
+            self.dw = None
+            self.conv = nn.Conv1d(c_in, c_out, kernel, stride, pad, dilation, bias=False)
+        self.bn = nn.BatchNorm1d(c_out, eps=BN_EPS, momentum=0.1)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.dw is not None:
+            x, lengths = _masked(self.dw, x, lengths)
+        x, lengths = _masked(self.conv, x, lengths)
+        return self.bn(x), lengths
+
+
+def _masked(conv: nn.Conv1d, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = conv(x * sequence_mask(lengths, x.shape[2]).to(x.dtype))
+    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    if s > 1:
+        lengths = torch.div(lengths + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1
+    return x, lengths
+
+
+class SqueezeExcite(nn.Module):
+    """Global masked mean over time → bottleneck MLP → sigmoid gate per channel (Citrinet). Computed in fp32."""
+
+    def __init__(self, channels: int, reduction: int):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, channels // reduction, bias=False)
+        self.fc2 = nn.Linear(channels // reduction, channels, bias=False)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float() * sequence_mask(lengths, x.shape[2]).float()
+            pooled = x.sum(2) / lengths[:, None].to(x.dtype)
+            gate = torch.sigmoid(self.fc2(F.relu(self.fc1(pooled))))
+            return x * gate[:, :, None]
+
+
+class JasperBlock(nn.Module):
+    def __init__(self, c_in: int, cfg: BlockConfig, se_reduction: int):
+        super().__init__()
+        self.subs = nn.ModuleList()
+        c = c_in
+        for _ in range(cfg.repeat):
+            self.subs.append(SubBlock(c, cfg.filters, cfg.kernel, cfg.stride, cfg.dilation, cfg.separable))
+            c = cfg.filters
+        self.se = SqueezeExcite(cfg.filters, se_reduction) if cfg.se else None
+        if cfg.residual:
+            self.res_conv = nn.Conv1d(c_in, cfg.filters, 1, bias=False)
+            self.res_bn = nn.BatchNorm1d(cfg.filters, eps=BN_EPS, momentum=0.1)
+        else:
+            self.res_conv = self.res_bn = None
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, out_len = x, lengths
+        for i, sub in enumerate(self.subs):
+            out, out_len = sub(out, out_len)
+            if i < len(self.subs) - 1:
+                out = F.relu(out)
+        if self.se is not None:
+            out = self.se(out, out_len)
+        if self.res_conv is not None:
+            res, _ = _masked(self.res_conv, x, lengths)  # the residual sees the block's input lengths
+            out = out + self.res_bn(res)
+        return F.relu(out), out_len
+
+
+class QuartzNet(nn.Module):
+    """forward(features [B, feat_in, T], lengths [B]) → (log_probs [B, T', num_classes], out_lengths [B])."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.blocks = nn.ModuleList()
+        c = cfg.feat_in
+        for b in cfg.blocks:
+            self.blocks.append(JasperBlock(c, b, cfg.se_reduction_ratio))
+            c = b.filters
+        self.decoder = nn.Conv1d(c, cfg.num_classes, 1, bias=True)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # NeMo's init_mode "xavier_uniform" on every conv and linear weight; BN starts at identity.
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d | nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm1d):
+                m.reset_parameters()
+
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for block in self.blocks:
+            x, lengths = block(x, lengths)
+        return x, lengths
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, lengths = self.encode(x, lengths)
+        logits = self.decoder(x).transpose(1, 2)
+        return logits.float().log_softmax(-1), lengths
+
+    def reset_decoder(self, num_classes: int) -> None:
+        """A fresh output layer for another alphabet (the encoder is kept)."""
+        self.cfg.num_classes = num_classes
+        self.decoder = nn.Conv1d(self.decoder.in_channels, num_classes, 1, bias=True)
+        nn.init.xavier_uniform_(self.decoder.weight)
+        nn.init.zeros_(self.decoder.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,89 @@
+"""Checkpoint → ONNX with NeMo's input/output names, dynamic batch and time, and everything inference needs
+(labels, feature settings) in the metadata, so model.onnx is the only file a transcriber reads."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from .features import FeatureConfig
+from .files import atomic_write
+from .model import QuartzNet
+
+OPSET = 17
+INPUTS = ["audio_signal", "length"]
+OUTPUTS = ["logprobs", "encoded_lengths"]
+
+
+def metadata(model: QuartzNet, feature_config: FeatureConfig, labels: list[str]) -> dict[str, str]:
+    # vocab_size / subsampling_factor / normalize_type / model_type are the keys sherpa-onnx reads (NEMO.md §6.2).
+    return {
+        "labels": json.dumps(labels, ensure_ascii=False),
+        "feature_config": json.dumps(feature_config.to_dict()),
+        "model_config": json.dumps(model.cfg.to_dict()),
+        "vocab_size": str(model.cfg.num_classes),
+        "subsampling_factor": str(model.cfg.stride),
+        "normalize_type": "per_feature" if feature_config.normalize == "per_feature" else "",
+        "model_type": "EncDecCTCModel",
+        "producer": "proslushka",
+    }
+
+
+def to_onnx(model: QuartzNet, feature_config: FeatureConfig, labels: list[str]) -> onnx.ModelProto:
+    model = model.eval()
+    x = torch.randn(2, model.cfg.feat_in, 96)
+    lengths = torch.tensor([96, 64])
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated but needs no extra package and handles this convnet exactly.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (x, lengths),
+            buf,
+            input_names=INPUTS,
+            output_names=OUTPUTS,
+            dynamic_axes={
+                "audio_signal": {0: "batch", 2: "time"},
+                "length": {0: "batch"},
+                "logprobs": {0: "batch", 1: "encoded_time"},
+                "encoded_lengths": {0: "batch"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    for k, v in metadata(model, feature_config, labels).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
+    atomic_write(path, proto.SerializeToString())
+
+
+def compare(model: QuartzNet, proto_or_path: Any, lengths: tuple[int, ...] = (301, 187), seed: int = 0) -> float:
+    """Max abs difference of log-probs (valid frames) between torch and onnxruntime on a padded random batch."""
+    import onnxruntime as ort
+
+    data = proto_or_path.SerializeToString() if isinstance(proto_or_path, onnx.ModelProto) else str(proto_or_path)
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(seed)
+    t = max(lengths)
+    x = torch.randn(len(lengths), model.cfg.feat_in, t, generator=g)
+    lens = torch.tensor(lengths)
+    with torch.no_grad():
+        ref, ref_len = model.eval()(x, lens)
+    out, out_len = sess.run(None, {"audio_signal": x.numpy(), "length": lens.numpy()})
+    if not np.array_equal(out_len, ref_len.numpy()):
+        raise AssertionError(f"encoded lengths differ: onnx {out_len.tolist()}, torch {ref_len.tolist()}")
+    return max(float(np.abs(out[i, :n] - ref[i, :n].numpy()).max()) for i, n in enumerate(ref_len.tolist()))

@@ -1,0 +1,108 @@
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from conftest import AUDIO, CLIPS, NEMO, ROOT
+
+from proslushka import checkpoint
+from proslushka.model import QuartzNet
+from proslushka.nemo import load_nemo
+from proslushka.text import LABELS, ctc_collapse, decode
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module", params=["quartznet_tiny", "quartznet_tiny_se"])
+def exported(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    nm = load_nemo(NEMO / request.param / "model.nemo")
+    model = QuartzNet(nm.model_config)
+    model.load_state_dict(nm.state_dict)
+    checkpoint.save(d / "m.pt", checkpoint.make(model, nm.feature_config, nm.labels))
+    r = _run("export.py", "--checkpoint", d / "m.pt", "-o", d / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "max abs diff" in r.stdout
+    return request.param, d / "m.onnx"
+
+
+def test_onnx_matches_nemo_on_the_padded_batch(exported, reference):
+    name, path = exported
+    r = reference[name]
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["audio_signal", "length"]
+    assert [o.name for o in sess.get_outputs()] == ["logprobs", "encoded_lengths"]
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["vocab_size"] == "34" and meta["subsampling_factor"] == "2" and meta["normalize_type"] == "per_feature"
+    lp, lens = sess.run(None, {"audio_signal": r["batch_features"], "length": r["batch_feature_lengths"]})
+    assert lens.tolist() == r["batch_encoded_lengths"].tolist()
+    for i, n in enumerate(lens):
+        assert np.abs(lp[i, :n] - r["batch_logprobs"][i, :n]).max() < 1e-4
+
+
+def test_onnx_matches_torch(exported):
+    from proslushka import onnx_export
+
+    name, path = exported
+    model, *_ = checkpoint.load_model(path.with_suffix(".pt"))
+    assert onnx_export.compare(model, path, lengths=(517, 64, 300)) < 1e-4
+
+
+def test_transcribe_wav_prints_nemos_greedy_text(exported, reference, tmp_path):
+    name, path = exported
+    r = _run("transcribe.py", *(AUDIO / f"{c}.wav" for c in CLIPS), "--model", path)
+    assert r.returncode == 0, r.stderr
+    want = [decode(ctc_collapse(reference[name][f"{c}_greedy_ids"][0].tolist(), 33), LABELS) for c in CLIPS]
+    assert r.stdout.splitlines() == want
+    out = tmp_path / "t.txt"
+    r = _run("transcribe.py", AUDIO / "utt1.opus", "--model", path, "-o", out)
+    assert r.returncode == 0 and r.stdout == "" and len(out.read_text().splitlines()) == 1
+
+
+def test_transcribe_opus_gives_same_frames_as_wav(exported):
+    from proslushka.audio import load_audio
+    from proslushka.infer import Transcriber
+
+    tr = Transcriber(exported[1])
+    for c in CLIPS:
+        (wav,), (opus,) = tr.logprobs([load_audio(AUDIO / f"{c}.wav")]), tr.logprobs([load_audio(AUDIO / f"{c}.opus")])
+        assert abs(len(wav) - len(opus)) <= 1
+        assert isinstance(tr.text_of(opus), str)
+
+
+def test_transcribe_never_imports_torch(exported):
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[3]); import transcribe;"
+        "rc = transcribe.main([sys.argv[1], '--model', sys.argv[2]]);"
+        "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH', rc)"
+    )
+    args = [str(AUDIO / "utt1.opus"), str(exported[1]), str(ROOT)]
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "NO_TORCH 0"
+
+
+def test_transcribe_bad_inputs(exported, tmp_path):
+    path = exported[1]
+    (tmp_path / "bad.wav").write_text("not audio")
+    out = tmp_path / "out.txt"
+    r = _run("transcribe.py", AUDIO / "utt1.wav", tmp_path / "bad.wav", "--model", path, "-o", out)
+    assert r.returncode == 1
+    assert f"{tmp_path / 'bad.wav'}: not readable audio" in r.stderr
+    assert len(out.read_text().splitlines()) == 1  # the good file is still transcribed
+    r = _run("transcribe.py", AUDIO / "utt1.wav", "--model", tmp_path / "nope.onnx", "-o", tmp_path / "o2.txt")
+    assert r.returncode == 2 and "nope.onnx: no such model file" in r.stderr and not (tmp_path / "o2.txt").exists()
+    (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
+    r = _run("transcribe.py", AUDIO / "utt1.wav", "--model", tmp_path / "junk.onnx")
+    assert r.returncode == 2 and "junk.onnx: not a loadable ONNX model" in r.stderr
+
+
+def test_export_rejects_a_truncated_checkpoint(exported, tmp_path):
+    data = exported[1].with_suffix(".pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    r = _run("export.py", "--checkpoint", tmp_path / "cut.pt", "-o", tmp_path / "cut.onnx")
+    assert r.returncode == 1 and "cut.pt: not a readable checkpoint" in r.stderr
+    assert not (tmp_path / "cut.onnx").exists()

@@ -78,7 +78,8 @@ def main() -> None:
     wave = load_audio(clip)
     feats, n = tr.features(wave)
     x, lens = torch.from_numpy(feats)[None], torch.tensor([n])
-    ort_only = best_of(lambda: tr.session.run(None, {"audio_signal": feats[None], "length": lens.numpy()}), args.repeats)
+    inputs = {"audio_signal": feats[None], "length": lens.numpy()}
+    ort_only = best_of(lambda: tr.session.run(None, inputs), args.repeats)
     with torch.inference_mode():
         eager = best_of(lambda: model(x, lens), args.repeats)
     decode = best_of(lambda: load_audio(clip), args.repeats)

@@ -1,0 +1,548 @@
+"""Training data: manifests, the audio dataset, collate, the duration-bucketing sampler and SpecAugment."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from proslushka import audio
+from proslushka.files import atomic_write
+from proslushka.text import LABELS, check, encode, normalize
+
+FIELDS = ("audio_filepath", "text", "duration")
+
+# -----------------------------------------------------------------------------
+# manifests
+
+
+@dataclass
+class Utterance:
+    audio_filepath: str  # absolute, resolved against the manifest's folder
+    text: str  # normalized, every character in the alphabet
+    duration: float  # seconds, as the manifest says (not re-measured)
+    line: int  # 1-based line in the manifest, for error messages later on
+
+
+class ManifestError(ValueError):
+    """A manifest with bad rows; the message lists every one as `manifest:line: reason`."""
+
+
+class Manifest(list[Utterance]):
+    """The good utterances of a manifest (a plain list of Utterance) plus what was left out of it.
+
+    skipped: `manifest:line: reason` of each bad row dropped because skip_bad was set.
+    filtered: how many good rows fell outside [min_duration, max_duration].
+    """
+
+    def __init__(self, path: str, utterances: Sequence[Utterance], skipped: list[str], filtered: int):
+        super().__init__(utterances)
+        self.path = path
+        self.skipped = skipped
+        self.filtered = filtered
+
+    @property
+    def durations(self) -> list[float]:
+        return [u.duration for u in self]
+
+    def summary(self) -> str:
+        hours = sum(self.durations) / 3600
+        return (f"{self.path}: {len(self)} utterances ({hours:.2f} h), {len(self.skipped)} bad rows skipped, "
+                f"{self.filtered} outside the duration limits")
+
+
+def read_manifest(
+    path: str | os.PathLike,
+    labels: Sequence[str] = LABELS,
+    min_duration: float | None = None,
+    max_duration: float | None = None,
+    skip_bad: bool = False,
+    check_audio: bool = True,
+) -> Manifest:
+    """Read a NeMo JSON-lines manifest (or a .csv/.tsv with the same columns) and validate every row up front.
+
+    Every bad row is collected as `manifest:line: reason`. Unless skip_bad, any bad row raises ManifestError
+    listing them all, so a long run never dies on row 900,000 of a manifest. check_audio only stats each file
+    (exists, is a file, non-empty, opens): decoding a whole corpus up front would take longer than an epoch.
+    Rows outside [min_duration, max_duration] are not errors; they are dropped and counted in `.filtered`.
+    """
+    name = os.fspath(path)
+    folder = Path(path).resolve().parent
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ManifestError(f"{name}: cannot read the manifest ({e.strerror})") from None
+    if Path(path).suffix.lower() in (".csv", ".tsv"):
+        rows = _table_rows(name, raw, "\t" if Path(path).suffix.lower() == ".tsv" else ",")
+    else:
+        rows = _jsonl_rows(raw)
+
+    good: list[Utterance] = []
+    bad: list[str] = []
+    for line, row in rows:
+        utt = _utterance(row, line, folder, labels, check_audio) if isinstance(row, dict) else row
+        if isinstance(utt, Utterance):
+            good.append(utt)
+        else:
+            bad.append(f"{name}:{line}: {utt}")
+    if bad and not skip_bad:
+        header = f"{len(bad)} bad row{'s' if len(bad) != 1 else ''} in {name} (skip_bad drops them):"
+        raise ManifestError("\n".join([header, *bad]))
+
+    keep = [u for u in good if _within(u.duration, min_duration, max_duration)]
+    return Manifest(name, keep, bad, len(good) - len(keep))
+
+
+def _within(duration: float, lo: float | None, hi: float | None) -> bool:
+    return (lo is None or duration >= lo) and (hi is None or duration <= hi)
+
+
+def _jsonl_rows(raw: bytes) -> Iterator[tuple[int, dict | str]]:
+    """(line, row dict) per non-blank line, or (line, reason) for a line that is not a JSON object."""
+    for line, data in enumerate(raw.split(b"\n"), start=1):
+        if line == 1 and data.startswith(b"\xef\xbb\xbf"):  # editors on Windows add a BOM
+            data = data[3:]
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield line, "not UTF-8 text"
+            continue
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield line, f"malformed JSON ({e.msg} at column {e.colno})"
+            continue
+        yield line, row if isinstance(row, dict) else f"not a JSON object: {_short(text.strip())}"
+
+
+def _table_rows(name: str, raw: bytes, delimiter: str) -> Iterator[tuple[int, dict | str]]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{name}: not UTF-8 text (byte {e.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
+    if missing:  # one message for the header beats the same complaint on every row
+        raise ManifestError(f"{name}:1: header lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    for row in reader:
+        if None in row:  # DictReader files extra cells under the key None
+            width = len(reader.fieldnames)
+            yield reader.line_num, f"{width + len(row[None])} cells, the header has {width}"
+            continue
+        yield reader.line_num, {k: v for k, v in row.items() if v is not None}  # short rows: missing fields
+
+
+def _utterance(row: dict, line: int, folder: Path, labels: Sequence[str], check_audio: bool) -> Utterance | str:
+    """The row as an Utterance, or the reasons it is bad joined by '; '."""
+    reasons = [f"missing field '{f}'" for f in FIELDS if f not in row]
+    if row.get("offset") not in (None, "") and not _is_zero(row["offset"]):
+        # NeMo rows with an offset are segments of a longer file; training on the whole file would be wrong silently
+        reasons.append("'offset' (a segment of a longer file) is not supported")
+
+    duration = math.nan
+    if "duration" in row:
+        duration, why = _duration(row["duration"])
+        if why:
+            reasons.append(why)
+
+    text = ""
+    if "text" in row:
+        if not isinstance(row["text"], str):
+            reasons.append(f"text is not a string: {_short(row['text'])}")
+        else:
+            text = normalize(row["text"])
+            why = check(text, labels)
+            if why:
+                reasons.append(f"{why} in text {_short(row['text'])}")
+
+    filepath = ""
+    if "audio_filepath" in row:
+        if not isinstance(row["audio_filepath"], str) or not row["audio_filepath"].strip():
+            reasons.append(f"audio_filepath is not a path: {_short(row['audio_filepath'])}")
+        else:
+            resolved = (folder / Path(row["audio_filepath"]).expanduser()).resolve()
+            filepath = str(resolved)
+            why = _audio_problem(resolved) if check_audio else None
+            if why:
+                reasons.append(why)
+
+    if reasons:
+        return "; ".join(reasons)
+    return Utterance(audio_filepath=filepath, text=text, duration=duration, line=line)
+
+
+def _duration(value: object) -> tuple[float, str | None]:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return math.nan, f"duration is not a number: {_short(value)}"
+    try:
+        d = float(value)
+    except ValueError:
+        return math.nan, f"duration is not a number: {_short(value)}"
+    if not math.isfinite(d) or d <= 0:
+        return math.nan, f"duration must be positive, got {value!r}"
+    return d, None
+
+
+def _audio_problem(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"audio file not found: {path}"
+    except OSError as e:
+        return f"audio file unreadable: {path} ({e.strerror})"
+    if not path.is_file():
+        return f"audio path is not a file: {path}"
+    if st.st_size == 0:
+        return f"empty audio file: {path}"
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        return f"audio file unreadable: {path} ({e.strerror})"
+    return None
+
+
+def _is_zero(value: object) -> bool:
+    try:
+        return float(value) == 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def _short(value: object, n: int = 60) -> str:
+    s = repr(value)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+# -----------------------------------------------------------------------------
+# dataset and collate
+
+
+class AudioDataset(torch.utils.data.Dataset):
+    """Items are (waveform float32 [N], token ids int64 [L]) for the utterances of a manifest.
+
+    cache_dir: decoded audio is kept there as int16 .npy, keyed by (path, size, mtime, sample rate), so only the
+    first epoch runs ffmpeg. int16 is lossless here: ffmpeg hands us s16le samples in the first place.
+    speed_perturb: rates to pick from per item (e.g. (0.9, 1.0, 1.1)); the pick is a function of
+    (seed, epoch, index) alone, so a resumed run sees the same audio. Call set_epoch(epoch) before each epoch;
+    DataLoader workers get a copy of the dataset when the epoch's iterator starts, so persistent_workers=True would
+    freeze the epoch they see.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        labels: Sequence[str] = LABELS,
+        sample_rate: int = audio.SAMPLE_RATE,
+        cache_dir: str | os.PathLike | None = None,
+        speed_perturb: Sequence[float] | None = None,
+        seed: int = 0,
+    ):
+        self.utterances = list(utterances)
+        self.labels = tuple(labels)
+        self.sample_rate = sample_rate
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.speed_perturb = tuple(speed_perturb) if speed_perturb else None
+        if self.speed_perturb and any(r <= 0 for r in self.speed_perturb):
+            raise ValueError(f"speed_perturb rates must be positive, got {self.speed_perturb}")
+        self.seed = seed
+        self.epoch = 0
+        if self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        utt = self.utterances[index]
+        wave = self.load(utt.audio_filepath)
+        if self.speed_perturb:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            wave = change_speed(wave, self.speed_perturb[rng.integers(len(self.speed_perturb))])
+        ids = encode(utt.text, self.labels)
+        return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), torch.tensor(ids, dtype=torch.int64)
+
+    def load(self, path: str) -> np.ndarray:
+        """Decoded float32 audio, from the cache when it holds this version of the file."""
+        if self.cache_dir is None:
+            return audio.load_audio(path, self.sample_rate)
+        try:
+            cached = self.cache_dir / f"{_cache_key(path, self.sample_rate)}.npy"
+        except OSError:  # gone since the manifest was read: let load_audio say so, naming the file
+            return audio.load_audio(path, self.sample_rate)
+        try:
+            return np.load(cached).astype(np.float32) / 32768.0
+        except (OSError, ValueError, EOFError):  # not cached yet, or a damaged file: decode again
+            pass
+        wave = audio.load_audio(path, self.sample_rate)
+        pcm = np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16)
+        _save_atomic(cached, pcm)
+        return wave
+
+
+def _cache_key(path: str, sample_rate: int) -> str:
+    st = os.stat(path)
+    return hashlib.sha1(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{sample_rate}".encode()).hexdigest()
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    # atomic: a killed worker, or two workers on the same clip, never leave a half-written cache file behind
+    buf = io.BytesIO()
+    np.save(buf, array)
+    try:
+        atomic_write(path, buf.getvalue())
+    except OSError as e:  # a full disk costs speed, not the run
+        warnings.warn(f"audio cache: cannot write {path} ({e.strerror})", stacklevel=2)
+
+
+def change_speed(wave: np.ndarray, rate: float) -> np.ndarray:
+    """Play `wave` `rate` times faster (tempo and pitch, like sox `speed`): round(N / rate) samples.
+
+    Resamples in the frequency domain: band-limited, so speeding up drops what would otherwise alias.
+    """
+    n = len(wave)
+    m = max(1, round(n / rate))
+    if m == n or n == 0:
+        return wave
+    spec = np.fft.rfft(wave.astype(np.float64))
+    out = np.zeros(m // 2 + 1, dtype=spec.dtype)
+    keep = min(len(out), len(spec))
+    out[:keep] = spec[:keep]
+    return (np.fft.irfft(out, m) * (m / n)).astype(np.float32)
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    """-> audio [B, Nmax] float32 zero-padded, audio_lengths [B] int64, targets [B, Lmax] int64 0-padded,
+    target_lengths [B] int64. Padding values never matter: every consumer masks by the lengths."""
+    waves, ids = zip(*batch, strict=True)
+    audio_lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+    target_lengths = torch.tensor([len(t) for t in ids], dtype=torch.int64)
+    audio_batch = torch.zeros(len(waves), int(audio_lengths.max()), dtype=torch.float32)
+    targets = torch.zeros(len(ids), int(target_lengths.max()), dtype=torch.int64)
+    for i, (w, t) in enumerate(zip(waves, ids, strict=True)):
+        audio_batch[i, : len(w)] = w
+        targets[i, : len(t)] = t
+    return audio_batch, audio_lengths, targets, target_lengths
+
+
+# -----------------------------------------------------------------------------
+# duration-bucketing sampler
+
+
+class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
+    """Batches of clips of similar duration, so little of each batch is padding.
+
+    Each epoch: sort clips by duration with a seeded jitter (±jitter relative, random tie-break) so batch
+    membership changes between epochs, cut the order into batches (batch_size clips, or as many as fit
+    batch_seconds of padded audio: max duration × count), then shuffle. Everything is a function of
+    (seed, epoch), so every rank and a resumed run compute the same batches.
+
+    Every clip appears exactly once per epoch. With num_replicas > 1 the batches are grouped in steps of
+    num_replicas neighbours in duration (so ranks wait on each other less), and rank r takes batch r of each step.
+    When the batch count does not divide by num_replicas, the last step is padded with repeats of the
+    longest batches (the only clips seen twice in an epoch); drop_last instead drops the incomplete step, and a
+    partial last batch of batch_size.
+
+    state_dict() holds the epoch and how many batches of it were handed out; after load_state_dict() iteration
+    continues with the remaining ones (none once the epoch is spent, until set_epoch moves on). A DataLoader with
+    workers takes batches ahead of the training loop; save the position the loop has reached instead:
+    `{**sampler.state_dict(), "position": batches_done_this_epoch}`.
+    """
+
+    def __init__(
+        self,
+        durations: Sequence[float],
+        batch_size: int | None = None,
+        batch_seconds: float | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        drop_last: bool = False,
+        jitter: float = 0.02,
+    ):
+        if batch_size is None and batch_seconds is None:
+            raise ValueError("give batch_size, batch_seconds or both")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if batch_seconds is not None and batch_seconds <= 0:
+            raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.durations = np.asarray(durations, dtype=np.float64)
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.drop_last = drop_last
+        self.jitter = jitter
+        self.epoch = 0
+        self.position = 0  # batches of this epoch already handed out on this rank
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        # the same epoch keeps its position, so a loop calling set_epoch(e) after load_state_dict() still resumes
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.position = 0
+
+    def __len__(self) -> int:
+        return len(self._rank_batches())
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._rank_batches()
+        for i in range(self.position, len(batches)):
+            self.position = i + 1  # before the yield: the consumer holds batch i once it sees it
+            yield batches[i]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, **self._config()}
+
+    def load_state_dict(self, state: dict) -> None:
+        changed = {k: (v, state.get(k)) for k, v in self._config().items() if state.get(k) != v}
+        if changed and state["position"] > 0:
+            # mid-epoch, the position only means something for the very same batches
+            raise ValueError(f"cannot resume mid-epoch with a different sampler setup (now, saved): {changed}")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+    def _config(self) -> dict:
+        return {"seed": self.seed, "size": len(self.durations), "batch_size": self.batch_size,
+                "batch_seconds": self.batch_seconds, "num_replicas": self.num_replicas, "jitter": self.jitter}
+
+    def _rank_batches(self) -> list[list[int]]:
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, [step[self.rank] for step in self._steps(self.epoch)])
+        return self._cache[1]
+
+    def _steps(self, epoch: int) -> list[list[list[int]]]:
+        """The epoch's batches in steps of num_replicas (one batch per rank), in training order."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.durations)
+        perm = rng.permutation(n)  # ties (and near-ties under the jitter) break at random
+        keys = self.durations[perm] * (1 + self.jitter * rng.uniform(-1, 1, n))
+        order = perm[np.argsort(keys, kind="stable")]
+        batches = self._cut(order)
+        if self.drop_last and self.batch_seconds is None and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        r = self.num_replicas
+        if self.drop_last:
+            batches = batches[: len(batches) // r * r]
+        elif batches and len(batches) % r:
+            batches += [batches[-1 - i % len(batches)] for i in range(-len(batches) % r)]
+        steps = [batches[i : i + r] for i in range(0, len(batches), r)]
+        return [steps[i] for i in rng.permutation(len(steps))]
+
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        if self.batch_seconds is None:
+            return [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
+        # padded cost is max duration × count; a clip longer than the budget gets a batch of its own
+        batches: list[list[int]] = []
+        batch: list[int] = []
+        longest = 0.0
+        for i in order.tolist():
+            d = self.durations[i]
+            full = self.batch_size is not None and len(batch) >= self.batch_size
+            if batch and (full or max(longest, d) * (len(batch) + 1) > self.batch_seconds):
+                batches.append(batch)
+                batch, longest = [], 0.0
+            batch.append(i)
+            longest = max(longest, d)
+        if batch:
+            batches.append(batch)
+        return batches
+
+
+# -----------------------------------------------------------------------------
+# SpecAugment
+
+
+class SpecAugment(nn.Module):
+    """NeMo's spectrogram augmentation on features [B, F, T]: rectangles (SpecCutout) and, optionally,
+    whole-band frequency and time masks (SpecAugment proper). Masked values become mask_value.
+
+    The defaults are quartznet_15x5_ru.yaml's: 2 rectangles up to 50 mel bins × 120 frames, no band masks.
+    Widths are drawn in [0, max] and starts in [0, size - max], as NeMo does. Unlike NeMo, masks stay inside
+    each item's `lengths` frames, so batch padding does not change what a clip sees. time_width may be a
+    float: a fraction of each item's length. Active only in training mode. The random draws come from
+    `generator` (a CPU torch.Generator) when given, so they are the same on every device.
+    """
+
+    def __init__(
+        self,
+        rect_masks: int = 2,
+        rect_freq: int = 50,
+        rect_time: int = 120,
+        freq_masks: int = 0,
+        freq_width: int = 10,
+        time_masks: int = 0,
+        time_width: int | float = 10,
+        mask_value: float = 0.0,
+    ):
+        super().__init__()
+        self.rect_masks, self.rect_freq, self.rect_time = rect_masks, rect_freq, rect_time
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+        self.mask_value = mask_value
+
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        if not self.training or not (self.rect_masks or self.freq_masks or self.time_masks):
+            return features
+        b, f, t = features.shape
+        device = features.device
+        lengths = lengths.to(device=device, dtype=torch.int64)
+
+        def uniform(k: int) -> torch.Tensor:  # [B, k] in [0, 1), drawn on the CPU for device-independence
+            return torch.rand(b, k, generator=generator).to(device)
+
+        freqs = torch.arange(f, device=device).view(1, 1, f)
+        frames = torch.arange(t, device=device).view(1, 1, t)
+        length = lengths.view(b, 1)
+        mask_ft = torch.zeros(b, f, t, dtype=torch.bool, device=device)
+
+        def interval(k: int, width: int | torch.Tensor, size: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # NeMo: width ~ U{0..width}, start ~ U{0..size - width}; we then clip the end to `size`
+            size = torch.as_tensor(size, device=device)
+            width = torch.as_tensor(width, device=device)
+            room = (size - width).clamp(min=0)
+            # float32 u * (n + 1) can round up to n + 1, hence the clamps
+            w = torch.minimum((uniform(k) * (width + 1)).long(), width)
+            start = torch.minimum((uniform(k) * (room + 1)).long(), room)
+            return start, torch.minimum(start + w, size)
+
+        if self.rect_masks:
+            f0, f1 = interval(self.rect_masks, min(self.rect_freq, f), f)
+            t0, t1 = interval(self.rect_masks, self.rect_time, length)
+            in_f = (freqs >= f0.unsqueeze(-1)) & (freqs < f1.unsqueeze(-1))  # [B, k, F]
+            in_t = (frames >= t0.unsqueeze(-1)) & (frames < t1.unsqueeze(-1))  # [B, k, T]
+            mask_ft |= (in_f.unsqueeze(-1) & in_t.unsqueeze(-2)).any(1)
+        if self.freq_masks:
+            f0, f1 = interval(self.freq_masks, min(self.freq_width, f), f)
+            mask_ft |= ((freqs >= f0.unsqueeze(-1)) & (freqs < f1.unsqueeze(-1))).any(1).unsqueeze(-1)
+        if self.time_masks:
+            if isinstance(self.time_width, float):
+                width = (lengths.view(b, 1) * self.time_width).long().clamp(min=1)
+            else:
+                width = torch.tensor(self.time_width, device=device)
+            t0, t1 = interval(self.time_masks, width, length)
+            mask_ft |= ((frames >= t0.unsqueeze(-1)) & (frames < t1.unsqueeze(-1))).any(1).unsqueeze(1)
+        valid = frames.view(1, t) < length  # [B, T]
+        return features.masked_fill(mask_ft & valid.unsqueeze(1), self.mask_value)

@@ -1,43 +1,191 @@
-"""Transcribe audio files with an exported ONNX model: numpy features + onnxruntime + greedy CTC. No torch."""
+"""Transcribe audio files with an exported ONNX model: numpy features + onnxruntime + greedy CTC. No torch.
+
+Inputs are files, folders (searched recursively for audio) and --manifest rows. Long files are cut at pauses into
+chunks of at most ~20 s, so memory does not grow with their length; word times stay relative to the whole file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
-DEFAULT_MODEL = "models/model.onnx"
+DEFAULT_MODEL = "models/demo.onnx"
+FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # proslushka.formats.FORMATS, here so --help needs no imports
+AUDIO_EXTENSIONS = {
+    ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".mkv", ".wma",
+    ".aif", ".aiff", ".amr", ".3gp", ".caf", ".wv", ".ape", ".au", ".ac3",
+}  # fmt: skip
+
+
+@dataclass
+class Item:
+    path: str  # the audio file
+    name: Path  # where its output goes under --output_dir (without the format's extension)
+    ref: str | None = None  # the manifest's text, normalized
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("audio", nargs="+", help="audio files (any format ffmpeg reads)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", help="audio files (any format ffmpeg reads) or folders of them")
+    p.add_argument("--manifest", help="a JSON-lines (or .csv/.tsv) manifest: audio_filepath, optionally text")
     p.add_argument("--model", default=DEFAULT_MODEL, help="ONNX model from export.py (default: %(default)s)")
-    p.add_argument("-o", "--output", help="write the transcripts to this file (default: stdout)")
+    p.add_argument("--format", default="txt", choices=FORMATS, help="output format (default: %(default)s)")
+    p.add_argument("--output_dir", help="write one file per input here (NAME.FORMAT, folder structure kept)")
+    p.add_argument("-o", "--output", help="write all transcripts to this one file (default: stdout)")
+    p.add_argument("--batch_size", type=int, default=1, help="chunks per onnxruntime run (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument("--max_chunk_seconds", type=float, default=20.0, help="cut long audio at pauses into chunks "
+                   "at most this long (default: %(default)s)")
+    p.add_argument("--max_words_per_line", type=int, default=None, help="srt/vtt: at most this many words a cue")
+    p.add_argument("--report", help="with --manifest rows that have text: print WER/CER and write per-utterance "
+                   "errors, the worst first, to this TSV file (transcripts then go only there, unless -o/--output_dir)")
     args = p.parse_args(argv)
+    if not args.inputs and not args.manifest:
+        p.error("give audio files, folders or --manifest")
+    if args.output and args.output_dir:
+        p.error("-o/--output and --output_dir exclude each other")
+    if args.report and not args.manifest:
+        p.error("--report needs --manifest (the reference texts)")
+    if args.batch_size < 1 or args.max_chunk_seconds < 1:
+        p.error("--batch_size and --max_chunk_seconds must be at least 1")
 
     from proslushka.audio import AudioError
     from proslushka.files import atomic_write
+    from proslushka.formats import render
     from proslushka.infer import ModelError, Transcriber
+    from proslushka.manifest import ManifestError
 
+    try:
+        items, problems = collect(args.inputs, args.manifest)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if args.format in ("srt", "vtt", "tsv") and not args.output_dir and len(items) + len(problems) > 1:
+        p.error(f"--format {args.format} with several inputs needs --output_dir (one file each)")
+    out_dir = Path(args.output_dir) if args.output_dir else None
+    if out_dir:
+        clash = [name for name, n in Counter(out_name(it, args.format) for it in items).items() if n > 1]
+        if clash:
+            print(f"error: several inputs would write {out_dir / clash[0]}; give them separately", file=sys.stderr)
+            return 2
     try:
         tr = Transcriber(args.model, threads=args.threads)
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    lines, failed = [], 0
-    for path in args.audio:
-        try:
-            lines.append(tr.transcribe_file(path))
-        except AudioError as e:
-            print(f"error: {e}", file=sys.stderr)
+
+    bar = progress(len(items))
+    texts, scored, failed = [], [], len(problems)
+    results = tr.transcribe_many((it.path for it in items), args.batch_size, args.max_chunk_seconds)
+    for item, result in zip(items, results, strict=True):
+        if bar:
+            bar.update()
+        if isinstance(result, AudioError):
+            say(str(result), bar)
             failed += 1
-    text = "".join(line + "\n" for line in lines)
+            continue
+        text = render(result, args.format, args.max_words_per_line, audio_filepath=item.path)
+        if out_dir:
+            atomic_write(out_dir / out_name(item, args.format), text)
+        elif args.output:
+            texts.append(text)
+        elif not args.report:  # with --report the hypotheses are in the report file
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        if item.ref is not None:
+            scored.append((item.path, item.ref, result.text))
+    if bar:
+        bar.close()
     if args.output:
-        atomic_write(args.output, text)
-    else:
-        sys.stdout.write(text)
+        atomic_write(args.output, "".join(texts))
+    if args.report:
+        summary, table = report(scored)
+        atomic_write(args.report, table)
+        print(f"{summary}; {failed} inputs failed, not scored" if failed else summary, file=sys.stderr)
     return 1 if failed else 0
+
+
+def collect(inputs: list[str], manifest: str | None) -> tuple[list[Item], list[str]]:
+    """The audio to transcribe, and `where: reason` for each input that cannot be (it counts as failed)."""
+    items, problems = [], []
+    for arg in inputs:
+        path = Path(arg)
+        if path.is_dir():
+            found = [f for f in sorted(path.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()]
+            items += [Item(str(f), f.relative_to(path)) for f in found]
+            if not found:
+                problems.append(f"{arg}: no audio files in the folder")
+        else:
+            items.append(Item(arg, Path(path.name)))
+    if manifest:
+        more, bad = manifest_items(manifest)
+        items += more
+        problems += bad
+    return items, problems
+
+
+def manifest_items(manifest: str) -> tuple[list[Item], list[str]]:
+    """Rows with an audio_filepath (relative paths resolve against the manifest's folder) and their text if any."""
+    from proslushka.manifest import iter_manifest_rows, short
+    from proslushka.text import normalize
+
+    folder = Path(manifest).resolve().parent
+    items, bad = [], []
+    for line, row in iter_manifest_rows(manifest, required=("audio_filepath",)):
+        audio = row.get("audio_filepath") if isinstance(row, dict) else None
+        if isinstance(row, str) or not isinstance(audio, str) or not audio.strip():
+            why = row if isinstance(row, str) else f"no audio_filepath: {short(audio)}"
+            bad.append(f"{manifest}:{line}: {why}")
+            continue
+        rel = Path(audio)
+        name = rel if not rel.is_absolute() and ".." not in rel.parts else Path(rel.name)
+        text = row.get("text")
+        items.append(Item(str(folder / rel), name, normalize(text) if isinstance(text, str) else None))
+    return items, bad
+
+
+def out_name(item: Item, fmt: str) -> Path:
+    return item.name.with_suffix("." + fmt)
+
+
+def report(scored: list[tuple[str, str, str]]) -> tuple[str, str]:
+    """(summary line, TSV of per-utterance errors, the worst first) for (audio path, reference, hypothesis) rows."""
+    from proslushka.metrics import cer, error_counts, wer
+
+    refs, hyps = [r for _, r, _ in scored], [h for _, _, h in scored]
+    rows = []
+    for path, ref, hyp in scored:
+        char_edits, chars, word_edits, words = error_counts(ref, hyp)
+        rows.append((wer([ref], [hyp]), cer([ref], [hyp]), word_edits, words, char_edits, chars, path, ref, hyp))
+    rows.sort(key=lambda r: (-r[0], -r[1], r[6]))
+    header = "wer\tcer\tword_edits\twords\tchar_edits\tchars\taudio_filepath\treference\thypothesis\n"
+    table = header + "".join(f"{r[0]:.4f}\t{r[1]:.4f}\t" + "\t".join(map(str, r[2:])) + "\n" for r in rows)
+    summary = f"WER {100 * wer(refs, hyps):.2f}%  CER {100 * cer(refs, hyps):.2f}%  on {len(scored)} utterances"
+    return summary, table
+
+
+def progress(total: int):
+    """A progress bar on stderr for more than one input (none if tqdm is not installed)."""
+    if total < 2:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="file", file=sys.stderr)
+
+
+def say(message: str, bar) -> None:
+    """A line on stderr that does not tear the progress bar."""
+    if bar:
+        bar.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import json
 import math
 import os
 import warnings
@@ -19,9 +17,8 @@ from torch import nn
 
 from proslushka import audio
 from proslushka.files import atomic_write
+from proslushka.manifest import FIELDS, ManifestError, iter_manifest_rows, short
 from proslushka.text import LABELS, check, encode, normalize
-
-FIELDS = ("audio_filepath", "text", "duration")
 
 # -----------------------------------------------------------------------------
 # manifests
@@ -33,10 +30,6 @@ class Utterance:
     text: str  # normalized, every character in the alphabet
     duration: float  # seconds, as the manifest says (not re-measured)
     line: int  # 1-based line in the manifest, for error messages later on
-
-
-class ManifestError(ValueError):
-    """A manifest with bad rows; the message lists every one as `manifest:line: reason`."""
 
 
 class Manifest(list[Utterance]):
@@ -58,8 +51,10 @@ class Manifest(list[Utterance]):
 
     def summary(self) -> str:
         hours = sum(self.durations) / 3600
-        return (f"{self.path}: {len(self)} utterances ({hours:.2f} h), {len(self.skipped)} bad rows skipped, "
-                f"{self.filtered} outside the duration limits")
+        return (
+            f"{self.path}: {len(self)} utterances ({hours:.2f} h), {len(self.skipped)} bad rows skipped, "
+            f"{self.filtered} outside the duration limits"
+        )
 
 
 def read_manifest(
@@ -79,14 +74,7 @@ def read_manifest(
     """
     name = os.fspath(path)
     folder = Path(path).resolve().parent
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise ManifestError(f"{name}: cannot read the manifest ({e.strerror})") from None
-    if Path(path).suffix.lower() in (".csv", ".tsv"):
-        rows = _table_rows(name, raw, "\t" if Path(path).suffix.lower() == ".tsv" else ",")
-    else:
-        rows = _jsonl_rows(raw)
+    rows = iter_manifest_rows(path)
 
     good: list[Utterance] = []
     bad: list[str] = []
@@ -108,43 +96,6 @@ def _within(duration: float, lo: float | None, hi: float | None) -> bool:
     return (lo is None or duration >= lo) and (hi is None or duration <= hi)
 
 
-def _jsonl_rows(raw: bytes) -> Iterator[tuple[int, dict | str]]:
-    """(line, row dict) per non-blank line, or (line, reason) for a line that is not a JSON object."""
-    for line, data in enumerate(raw.split(b"\n"), start=1):
-        if line == 1 and data.startswith(b"\xef\xbb\xbf"):  # editors on Windows add a BOM
-            data = data[3:]
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            yield line, "not UTF-8 text"
-            continue
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield line, f"malformed JSON ({e.msg} at column {e.colno})"
-            continue
-        yield line, row if isinstance(row, dict) else f"not a JSON object: {_short(text.strip())}"
-
-
-def _table_rows(name: str, raw: bytes, delimiter: str) -> Iterator[tuple[int, dict | str]]:
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{name}: not UTF-8 text (byte {e.start})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    missing = [f for f in FIELDS if f not in (reader.fieldnames or [])]
-    if missing:  # one message for the header beats the same complaint on every row
-        raise ManifestError(f"{name}:1: header lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    for row in reader:
-        if None in row:  # DictReader files extra cells under the key None
-            width = len(reader.fieldnames)
-            yield reader.line_num, f"{width + len(row[None])} cells, the header has {width}"
-            continue
-        yield reader.line_num, {k: v for k, v in row.items() if v is not None}  # short rows: missing fields
-
-
 def _utterance(row: dict, line: int, folder: Path, labels: Sequence[str], check_audio: bool) -> Utterance | str:
     """The row as an Utterance, or the reasons it is bad joined by '; '."""
     reasons = [f"missing field '{f}'" for f in FIELDS if f not in row]
@@ -161,17 +112,17 @@ def _utterance(row: dict, line: int, folder: Path, labels: Sequence[str], check_
     text = ""
     if "text" in row:
         if not isinstance(row["text"], str):
-            reasons.append(f"text is not a string: {_short(row['text'])}")
+            reasons.append(f"text is not a string: {short(row['text'])}")
         else:
             text = normalize(row["text"])
             why = check(text, labels)
             if why:
-                reasons.append(f"{why} in text {_short(row['text'])}")
+                reasons.append(f"{why} in text {short(row['text'])}")
 
     filepath = ""
     if "audio_filepath" in row:
         if not isinstance(row["audio_filepath"], str) or not row["audio_filepath"].strip():
-            reasons.append(f"audio_filepath is not a path: {_short(row['audio_filepath'])}")
+            reasons.append(f"audio_filepath is not a path: {short(row['audio_filepath'])}")
         else:
             resolved = (folder / Path(row["audio_filepath"]).expanduser()).resolve()
             filepath = str(resolved)
@@ -186,11 +137,11 @@ def _utterance(row: dict, line: int, folder: Path, labels: Sequence[str], check_
 
 def _duration(value: object) -> tuple[float, str | None]:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return math.nan, f"duration is not a number: {_short(value)}"
+        return math.nan, f"duration is not a number: {short(value)}"
     try:
         d = float(value)
     except ValueError:
-        return math.nan, f"duration is not a number: {_short(value)}"
+        return math.nan, f"duration is not a number: {short(value)}"
     if not math.isfinite(d) or d <= 0:
         return math.nan, f"duration must be positive, got {value!r}"
     return d, None
@@ -220,11 +171,6 @@ def _is_zero(value: object) -> bool:
         return float(value) == 0  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
-
-
-def _short(value: object, n: int = 60) -> str:
-    s = repr(value)
-    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 # -----------------------------------------------------------------------------
@@ -423,8 +369,14 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         self.position = int(state["position"])
 
     def _config(self) -> dict:
-        return {"seed": self.seed, "size": len(self.durations), "batch_size": self.batch_size,
-                "batch_seconds": self.batch_seconds, "num_replicas": self.num_replicas, "jitter": self.jitter}
+        return {
+            "seed": self.seed,
+            "size": len(self.durations),
+            "batch_size": self.batch_size,
+            "batch_seconds": self.batch_seconds,
+            "num_replicas": self.num_replicas,
+            "jitter": self.jitter,
+        }
 
     def _rank_batches(self) -> list[list[int]]:
         if self._cache is None or self._cache[0] != self.epoch:

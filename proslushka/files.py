@@ -13,6 +13,10 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode("utf-8")
+    if path.exists() and not path.is_file():  # /dev/stdout, a FIFO: never rename over a device
+        with open(path, "wb") as f:
+            f.write(data)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

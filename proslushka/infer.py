@@ -1,20 +1,79 @@
-"""The torch-free transcriber: audio → numpy log-mel → onnxruntime → greedy CTC. Serverless-sized."""
+"""The torch-free transcriber: audio → numpy log-mel → onnxruntime → greedy CTC → text and word timestamps.
+
+Files are read as a stream and cut at pauses into chunks of at most ~20 s (segment.py), so an hour of audio needs
+no more memory than a minute; chunks of many files run through onnxruntime together in padded batches of similar
+lengths. Serverless-sized: numpy and onnxruntime only.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .audio import load_audio
+from .audio import AudioError
 from .features import FeatureConfig, batch_numpy, log_mel_numpy
+from .segment import MAX_CHUNK_SECONDS, split, stream_audio
 from .text import ctc_collapse, decode
+
+POOL_BATCHES = 4  # chunks held for sorting by length: batch_size × this (a longer pool pads less but holds more)
 
 
 class ModelError(ValueError):
     """A model file that cannot be used; the message names the file."""
+
+
+@dataclass
+class Word:
+    word: str
+    start: float  # seconds from the start of the audio
+    end: float
+
+
+@dataclass
+class Transcript:
+    text: str  # the words joined by single spaces
+    words: list[Word]
+    duration: float  # seconds of audio
+
+
+def ctc_words(
+    frame_ids: Sequence[int], blank: int, labels: Sequence[str], frame_seconds: float, offset: float = 0.0
+) -> list[Word]:
+    """Greedy CTC with times: a word starts at the first frame of its first emitted token and ends after the last
+    frame of its last token (repeats of that token included); the space label separates words."""
+    words: list[Word] = []
+    chars: list[str] = []
+    first = last = prev = -1
+    for t, i in enumerate([*map(int, frame_ids), -1]):  # -1: the end, which closes the last word
+        if i == -1 or (i != blank and labels[i] == " "):
+            if chars:
+                words.append(Word("".join(chars), offset + first * frame_seconds, offset + (last + 1) * frame_seconds))
+                chars = []
+        elif i != blank:
+            if i != prev:  # a new token (a repeat after a blank is a new one too)
+                if not chars:
+                    first = t
+                chars.append(labels[i])
+            last = t
+        prev = i
+    return words
+
+
+@dataclass
+class _Job:
+    """One source in flight: its chunks' words, how many chunks are still to run, and any error."""
+
+    parts: list[tuple[int, list[Word]]] = field(default_factory=list)
+    pending: int = 0
+    samples: int = 0
+    closed: bool = False  # all its chunks are known
+    error: AudioError | None = None
 
 
 class Transcriber:
@@ -44,6 +103,8 @@ class Transcriber:
                 f"{path}: ONNX metadata lacks labels/feature_config ({e}); export it with export.py"
             ) from None
         self.blank = len(self.labels)
+        self.sample_rate = self.feature_config.sample_rate
+        self.frame_seconds = self.feature_config.window_stride * self.stride  # one output frame: 20 ms
 
     def features(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
         return log_mel_numpy(audio, self.feature_config)
@@ -60,7 +121,82 @@ class Transcriber:
         return decode(ctc_collapse(logprobs.argmax(-1).tolist(), self.blank), self.labels)
 
     def transcribe(self, audio: np.ndarray) -> str:
-        return self.text_of(self.logprobs([audio])[0])
+        return self.transcribe_audio(audio).text
 
     def transcribe_file(self, path: str | os.PathLike) -> str:
-        return self.transcribe(load_audio(path, self.feature_config.sample_rate))
+        return self.transcribe_path(path).text
+
+    def transcribe_audio(self, audio: np.ndarray, max_seconds: float = MAX_CHUNK_SECONDS) -> Transcript:
+        """Text and word times of 16 kHz mono float32 samples (long audio is cut at pauses into chunks)."""
+        return _one(self.transcribe_many([audio], max_seconds=max_seconds))
+
+    def transcribe_path(self, path: str | os.PathLike, max_seconds: float = MAX_CHUNK_SECONDS) -> Transcript:
+        """Text and word times of an audio file of any length. Raises AudioError naming the file."""
+        return _one(self.transcribe_many([path], max_seconds=max_seconds))
+
+    def transcribe_many(
+        self,
+        sources: Iterable[str | os.PathLike | np.ndarray],
+        batch_size: int = 1,
+        max_seconds: float = MAX_CHUNK_SECONDS,
+    ) -> Iterator[Transcript | AudioError]:
+        """A Transcript, or the AudioError that stopped it, for each source (a path or samples), in order.
+
+        Chunks of consecutive sources share padded batches of `batch_size`, sorted by length so that a batch
+        pads little; at most batch_size × POOL_BATCHES chunks are held at a time.
+        """
+        pool_size = batch_size * POOL_BATCHES if batch_size > 1 else 1
+        jobs: deque[_Job] = deque()
+        pool: list[tuple[_Job, int, np.ndarray]] = []
+        for source in sources:
+            job = _Job()
+            jobs.append(job)
+            try:
+                for start, audio in self._chunks(source, max_seconds):
+                    job.pending += 1
+                    job.samples = start + len(audio)
+                    pool.append((job, start, audio))
+                    if len(pool) >= pool_size:
+                        self._run(pool, batch_size)
+                        pool = []
+                        yield from _finished(jobs, self.sample_rate)
+            except AudioError as e:
+                job.error = e
+            job.closed = True
+            yield from _finished(jobs, self.sample_rate)
+        self._run(pool, batch_size)
+        yield from _finished(jobs, self.sample_rate)
+
+    def _chunks(self, source: str | os.PathLike | np.ndarray, max_seconds: float) -> Iterator[tuple[int, np.ndarray]]:
+        blocks = [source] if isinstance(source, np.ndarray) else stream_audio(source, self.sample_rate)
+        return split(blocks, self.sample_rate, max_seconds, align=self.feature_config.hop_length * self.stride)
+
+    def _run(self, pool: list[tuple[_Job, int, np.ndarray]], batch_size: int) -> None:
+        pool.sort(key=lambda item: len(item[2]))
+        for b in range(0, len(pool), batch_size):
+            batch = pool[b : b + batch_size]
+            for (job, start, audio), lp in zip(batch, self.logprobs([a for _, _, a in batch]), strict=True):
+                offset, end = start / self.sample_rate, (start + len(audio)) / self.sample_rate
+                words = ctc_words(lp.argmax(-1), self.blank, self.labels, self.frame_seconds, offset)
+                for w in words:  # the last output frame can reach past the audio by up to one frame
+                    w.end = min(w.end, end)
+                job.parts.append((start, words))
+                job.pending -= 1
+
+
+def _finished(jobs: deque[_Job], sample_rate: int) -> Iterator[Transcript | AudioError]:
+    """Results of the jobs at the front of the queue that are complete, in source order."""
+    while jobs and jobs[0].closed and jobs[0].pending == 0:
+        job = jobs.popleft()
+        if job.error is not None:
+            yield job.error
+            continue
+        words = [w for _, part in sorted(job.parts, key=lambda p: p[0]) for w in part]
+        yield Transcript(" ".join(w.word for w in words), words, job.samples / sample_rate)
+
+
+def _one(results: Iterator[Transcript | AudioError]) -> Transcript:
+    (result,) = results
+    if isinstance(result, AudioError):
+        raise result
+    return result

@@ -569,8 +569,12 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     valid = [(r["step"], r["valid_wer"], r["valid_cer"]) for r in rows if "valid_wer" in r]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
-        a.plot(*zip(*train, strict=True), lw=0.8)
+        steps, losses = (np.asarray(v) for v in zip(*train, strict=True))
+        a.plot(steps, losses, lw=0.5, alpha=0.4, label="per log row")
+        k = min(20, len(losses))  # batches differ in duration, and the loss with them: show a running mean too
+        a.plot(steps[k - 1 :], np.convolve(losses, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
         a.set_yscale("log")
+        a.legend()
     a.set(title="train CTC loss", xlabel="optimizer step")
     if valid:
         s, w, c = zip(*valid, strict=True)

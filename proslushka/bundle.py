@@ -1,0 +1,221 @@
+"""Build the AWS Lambda zip: the handler with the torch-free part of proslushka, model.onnx, a static ffmpeg and
+numpy + onnxruntime for Linux x86_64. Handler: proslushka.serverless.handler.
+
+    python -m proslushka.bundle -o dist/lambda.zip --model models/demo.onnx [--ffmpeg build/ffmpeg/ffmpeg]
+
+Lambda takes at most 250 MB unzipped. imageio-ffmpeg's ffmpeg alone is 170 MB, so use a small audio-only build:
+tools/build_ffmpeg.sh makes a 3 MB one at build/ffmpeg/ffmpeg, where --ffmpeg looks first. The dependencies are
+pip's manylinux wheels for --python (the versions installed here, so the bundle runs what the tests ran), or with
+--site_packages the installed files themselves. Tests, headers, type stubs and onnxruntime's tools and C API
+library (the Python extension carries its own copy of the runtime) are left out; .pyc files are compiled in,
+because Lambda's code folder is read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import compileall
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent
+DEPENDENCIES = ("numpy", "onnxruntime")
+PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{v}_x86_64" for v in range(24, 35)]  # Amazon Linux 2023: 2.34
+DROP = [
+    "bin", "**/__pycache__", "**/tests", "**/*.pyi", "**/*.pxd", "**/*.h",
+    "numpy/f2py", "numpy/distutils", "numpy/_pyinstaller", "numpy/_core/include", "numpy/_core/lib",
+    "numpy/random/_examples", "numpy/random/lib", "numpy/doc",
+    "onnxruntime/transformers", "onnxruntime/tools", "onnxruntime/quantization", "onnxruntime/datasets",
+    "onnxruntime/capi/libonnxruntime.so*",
+]  # fmt: skip
+ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed, so that the same inputs give the same zip
+LAMBDA_LIMIT = 250_000_000
+SMALL_FFMPEG = "build/ffmpeg/ffmpeg"  # where tools/build_ffmpeg.sh puts its audio-only build
+
+
+def package_modules(entry: str = "serverless") -> list[str]:
+    """File names of the proslushka modules that `entry` imports, directly or not (parsed, not imported)."""
+    todo, seen = [entry], {"__init__"}
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((PACKAGE / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level == 1 or node.module == "proslushka"):
+                todo += [node.module] if node.level == 1 and node.module else [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("proslushka."):
+                todo.append(node.module.split(".")[1])
+    return sorted(f"{m}.py" for m in seen)
+
+
+def stage(folder: Path, model: Path, ffmpeg: Path, python: str | None, site_packages: bool) -> None:
+    """Lay out the bundle's files in `folder`: the dependencies, proslushka/, model.onnx, bin/ffmpeg.
+
+    python=None (and no site_packages) leaves the dependencies out: for tests of the layout.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    if site_packages:
+        copy_installed(folder)
+    elif python:
+        pip_wheels(folder, python)
+    for pattern in DROP:
+        for path in sorted(folder.glob(pattern), reverse=True):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    (folder / "proslushka").mkdir()
+    for name in package_modules():
+        shutil.copy2(PACKAGE / name, folder / "proslushka" / name)
+    shutil.copy2(model, folder / "model.onnx")
+    (folder / "bin").mkdir()
+    shutil.copy2(ffmpeg, folder / "bin" / "ffmpeg")
+    os.chmod(folder / "bin" / "ffmpeg", 0o755)
+
+
+def pip_wheels(folder: Path, python: str) -> None:
+    """The installed versions of DEPENDENCIES as manylinux x86_64 wheels for CPython `python`, unpacked."""
+    pins = [f"{d}=={importlib.metadata.version(d)}" for d in DEPENDENCIES]
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+           "--no-compile", "--only-binary=:all:", "--target", str(folder), "--python-version", python,
+           "--implementation", "cp", *pins]
+    for p in PLATFORMS:
+        cmd += ["--platform", p]
+    subprocess.run(cmd, check=True, env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"})
+
+
+def copy_installed(folder: Path) -> None:
+    """The files of the installed DEPENDENCIES (this Python, this platform), as their RECORDs list them."""
+    for dist in DEPENDENCIES:
+        d = importlib.metadata.distribution(dist)
+        for f in d.files or []:
+            src = Path(d.locate_file(f))
+            if src.is_file() and not f.parts[0].startswith(".."):  # skip console scripts outside site-packages
+                (folder / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, folder / f)
+
+
+def compile_pyc(folder: Path) -> None:
+    # unchecked-hash .pyc: valid whatever the file times become in the zip, and never re-validated at import
+    mode = compileall.py_compile.PycInvalidationMode.UNCHECKED_HASH
+    compileall.compile_dir(str(folder), quiet=2, invalidation_mode=mode)
+
+
+def write_zip(folder: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as z:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo.from_file(path, path.relative_to(folder).as_posix())  # keeps the exec bits
+            info.date_time = ZIP_DATE
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as f:
+                z.writestr(info, f.read(), compresslevel=6)
+    os.replace(tmp, out)
+
+
+def sizes(folder: Path) -> dict[str, int]:
+    """Unzipped bytes by top-level entry, largest first."""
+    out: dict[str, int] = {}
+    for p in folder.rglob("*"):
+        if p.is_file():
+            top = p.relative_to(folder).parts[0]
+            out[top] = out.get(top, 0) + p.stat().st_size
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+SMOKE = """
+import base64, io, json, os, sys, time, wave
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+from proslushka import serverless
+t1 = time.perf_counter()
+serverless.transcriber()
+t2 = time.perf_counter()
+buf = io.BytesIO()
+with wave.open(buf, "wb") as w:
+    w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(bytes(32000))
+r = serverless.handler({"body": base64.b64encode(buf.getvalue()).decode(), "isBase64Encoded": True}, None)
+t3 = time.perf_counter()
+assert r["statusCode"] == 200, r
+files = {m: sys.modules[m].__file__ for m in ("proslushka.serverless", "numpy", "onnxruntime")}
+print(json.dumps({"import": t1 - t0, "session": t2 - t1, "request": t3 - t2, "files": files,
+                  "ffmpeg": os.environ.get("PROSLUSHKA_FFMPEG"), "torch": "torch" in sys.modules}))
+"""
+
+
+def smoke_test(folder: Path, isolated: bool = True) -> dict:
+    """Run the unzipped bundle in a fresh Python: import, model load, a first request (1 s of silence).
+
+    isolated: no site-packages, so numpy and onnxruntime must come from the bundle (then it only works when the
+    bundle was built for this Python). Returns the seconds of "import", "session", "request" and the whole
+    "process", and the files the modules came from.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROSLUSHKA_")}
+    cmd = [sys.executable, *(["-I", "-S"] if isolated else []), "-c", SMOKE, str(folder)]
+    t = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"the bundle does not run: {r.stderr.strip().splitlines()[-1] if r.stderr else r.stdout}")
+    return {**json.loads(r.stdout), "process": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", default="dist/lambda.zip", help="zip to write (default: %(default)s)")
+    p.add_argument("--model", default="models/demo.onnx", help="ONNX model from export.py (default: %(default)s)")
+    p.add_argument("--ffmpeg", help=f"a static Linux x86_64 ffmpeg (default: {SMALL_FFMPEG} if there, as "
+                   "tools/build_ffmpeg.sh makes it, else the one transcription uses here)")
+    p.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
+                   help="the Lambda runtime's Python version (default: this one, %(default)s)")
+    p.add_argument("--site_packages", action="store_true", help="copy the installed numpy and onnxruntime "
+                   "instead of downloading wheels (then --python must be this Python's version)")
+    args = p.parse_args(argv)
+
+    from .audio import ffmpeg_path
+
+    model = Path(args.model)
+    ffmpeg = Path(args.ffmpeg or (SMALL_FFMPEG if Path(SMALL_FFMPEG).is_file() else ffmpeg_path()))
+    this_python = args.python == f"{sys.version_info.major}.{sys.version_info.minor}"
+    for path, what in ((model, "model"), (ffmpeg, "ffmpeg")):
+        if not path.is_file():
+            print(f"error: {path}: no such {what} file", file=sys.stderr)
+            return 2
+    if ffmpeg.read_bytes()[:4] != b"\x7fELF":
+        print(f"error: {ffmpeg}: not a Linux executable", file=sys.stderr)
+        return 2
+    if args.site_packages and not (this_python and sys.platform == "linux"):
+        print("error: --site_packages copies this Python's packages: run it on Linux with --python", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        stage(folder, model, ffmpeg, args.python, args.site_packages)
+        if this_python:
+            compile_pyc(folder)
+        by_entry = sizes(folder)
+        total = sum(by_entry.values())
+        if this_python and sys.platform == "linux":
+            t = smoke_test(folder)
+            print(f"smoke test (cold start): import {t['import']:.2f} s, model load {t['session']:.2f} s, "
+                  f"first request {t['request']:.2f} s; the whole process {t['process']:.2f} s")
+        write_zip(folder, Path(args.output))
+    zipped = Path(args.output).stat().st_size
+    print(f"wrote {args.output}: {zipped / 1e6:.1f} MB zipped, {total / 1e6:.1f} MB unzipped "
+          f"(Lambda's limit: {LAMBDA_LIMIT / 1e6:.0f} MB); handler: proslushka.serverless.handler")
+    print("  " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in by_entry.items()))
+    if total > LAMBDA_LIMIT:
+        print("warning: too big for Lambda; pass a small ffmpeg (tools/build_ffmpeg.sh)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""AWS Lambda behind API Gateway: audio in, JSON with the text and word times out. No torch.
+
+Handler: proslushka.serverless.handler. The request is the audio itself as a base64 body (API Gateway's binary
+media), JSON {"audio_base64": "..."} (as the body, or as the whole event for a direct invocation), or base64 text.
+The model loads once per container, during Lambda's init phase, and serves every request after. Bad input gets
+a 400 with a one-line reason; anything else a 500 that says nothing of the internals (the traceback is logged).
+In the bundle (proslushka.bundle) model.onnx and bin/ffmpeg lie beside this package; PROSLUSHKA_MODEL and
+PROSLUSHKA_FFMPEG override them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .audio import AudioError, load_audio_bytes
+from .formats import as_dict
+from .infer import Transcriber
+
+ROOT = Path(__file__).resolve().parent.parent  # the bundle's root
+log = logging.getLogger(__name__)
+
+if (ROOT / "bin" / "ffmpeg").is_file():
+    os.environ.setdefault("PROSLUSHKA_FFMPEG", str(ROOT / "bin" / "ffmpeg"))
+
+_transcriber: Transcriber | None = None
+
+
+class RequestError(ValueError):
+    """A request that carries no usable audio; the message says why."""
+
+
+def transcriber() -> Transcriber:
+    """The container's one Transcriber, loaded on first use."""
+    global _transcriber
+    if _transcriber is None:
+        _transcriber = Transcriber(os.environ.get("PROSLUSHKA_MODEL", ROOT / "model.onnx"))
+    return _transcriber
+
+
+def handler(event: Any, context: Any = None) -> dict[str, Any]:
+    """API Gateway proxy integration (REST or HTTP API) → {"text", "duration", "words": [{word, start, end}]}."""
+    try:
+        tr = transcriber()
+    except Exception:
+        log.exception("cannot load the model")
+        return response(500, {"error": "the model could not be loaded"})
+    try:
+        audio = load_audio_bytes(audio_bytes(event), "request", tr.sample_rate)
+    except (RequestError, AudioError) as e:
+        return response(400, {"error": str(e)})
+    try:
+        return response(200, as_dict(tr.transcribe_audio(audio)))
+    except Exception:
+        log.exception("transcription failed")
+        return response(500, {"error": "internal error"})
+
+
+def audio_bytes(event: Any) -> bytes:
+    """The audio file carried by an API Gateway event (or by a direct invocation's {"audio_base64"})."""
+    if not isinstance(event, dict):
+        raise RequestError("the event is not a JSON object")
+    if "audio_base64" in event:
+        return _base64(event["audio_base64"], "audio_base64")
+    body = event.get("body")
+    if not body:
+        raise RequestError("empty body: send the audio (base64), or JSON with audio_base64")
+    if not isinstance(body, str):
+        raise RequestError("the body is not text")
+    if event.get("isBase64Encoded"):
+        raw = _base64(body, "the body")
+    elif body.lstrip().startswith("{"):
+        raw = body.encode("utf-8")
+    else:  # a client that sent the base64 of the audio as a text body
+        raw = _base64(body, "the body")
+    if raw.lstrip()[:1] != b"{":  # no audio format starts with "{"
+        return raw
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RequestError("the body is not valid JSON") from None
+    if not isinstance(payload, dict) or "audio_base64" not in payload:
+        raise RequestError("the JSON body has no audio_base64")
+    return _base64(payload["audio_base64"], "audio_base64")
+
+
+def _base64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise RequestError(f"{what} is not a base64 string")
+    try:
+        data = base64.b64decode("".join(value.split()), validate=True)  # line breaks are common, tolerate them
+    except (binascii.Error, ValueError):
+        raise RequestError(f"{what} is not valid base64") from None
+    if not data:
+        raise RequestError(f"{what} is empty: no audio")
+    return data
+
+
+def response(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "statusCode": status,
+        "headers": {"Content-Type": "application/json; charset=utf-8"},
+        "body": json.dumps(body, ensure_ascii=False),
+        "isBase64Encoded": False,
+    }
+
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # in Lambda: load during the init phase, not in the first request
+    transcriber()

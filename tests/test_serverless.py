@@ -1,0 +1,109 @@
+import base64
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import AUDIO, ROOT
+from onnx_models import bursts, energy_onnx, write_wav
+
+from proslushka import serverless
+
+
+@pytest.fixture
+def model(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROSLUSHKA_MODEL", str(energy_onnx(tmp_path)))
+    monkeypatch.setattr(serverless, "_transcriber", None)
+
+
+@pytest.fixture(scope="module")
+def wav(tmp_path_factory):
+    return write_wav(tmp_path_factory.mktemp("a") / "two_words.wav", bursts([(0.2, 0.6), (1.0, 1.5)], 2.0)).read_bytes()
+
+
+def api_gateway(body, b64):
+    """A REST API (v1) proxy event as API Gateway sends it, trimmed of the parts the handler does not read."""
+    return {
+        "resource": "/transcribe", "path": "/transcribe", "httpMethod": "POST",
+        "headers": {"Content-Type": "application/octet-stream" if b64 else "application/json"},
+        "queryStringParameters": None, "pathParameters": None,
+        "requestContext": {"resourcePath": "/transcribe", "httpMethod": "POST", "stage": "prod"},
+        "body": body, "isBase64Encoded": b64,
+    }  # fmt: skip
+
+
+def call(event):
+    r = serverless.handler(event, None)
+    assert r["headers"]["Content-Type"].startswith("application/json") and "Traceback" not in r["body"]
+    return r["statusCode"], json.loads(r["body"])
+
+
+def test_good_requests(model, wav):
+    b64 = base64.b64encode(wav).decode()
+    for event in (
+        api_gateway(b64, True),  # binary body
+        api_gateway(json.dumps({"audio_base64": b64}), False),  # JSON body
+        api_gateway(base64.b64encode(json.dumps({"audio_base64": b64}).encode()).decode(), True),  # HTTP API v2
+        api_gateway(b64, False),  # base64 sent as text
+        {"audio_base64": b64[:40] + "\n" + b64[40:]},  # a direct invocation, base64 with a line break
+    ):
+        status, body = call(event)
+        assert status == 200, body
+        assert body["text"] == "а а" and body["duration"] == 2.0
+        assert [w["word"] for w in body["words"]] == ["а", "а"]
+        assert abs(body["words"][0]["start"] - 0.2) <= 0.02 and abs(body["words"][1]["end"] - 1.5) <= 0.03
+
+
+def test_compressed_audio(model):
+    status, body = call(api_gateway(base64.b64encode((AUDIO / "utt2.opus").read_bytes()).decode(), True))
+    assert status == 200 and body["text"] and abs(body["duration"] - 3.99) < 0.01
+
+
+@pytest.mark.parametrize(
+    "event, reason",
+    [
+        (api_gateway("@@@ not base64 @@@", True), "the body is not valid base64"),
+        (api_gateway(json.dumps({"audio_base64": "%%%"}), False), "audio_base64 is not valid base64"),
+        (api_gateway(base64.b64encode(b"hello, this is not audio at all" * 10).decode(), True), "not readable audio"),
+        (api_gateway("", True), "empty body"),
+        (api_gateway(None, False), "empty body"),
+        ({"audio_base64": ""}, "audio_base64 is empty"),
+        ({"audio_base64": 42}, "audio_base64 is not a base64 string"),
+        (api_gateway(json.dumps({"audio": "x"}), False), "the JSON body has no audio_base64"),
+        (api_gateway("{not json", False), "the body is not valid JSON"),
+        ("just a string", "the event is not a JSON object"),
+    ],
+)
+def test_bad_requests_get_400_with_a_reason(model, event, reason):
+    status, body = call(event)
+    assert status == 400 and reason in body["error"] and "\n" not in body["error"]
+
+
+def test_the_model_loads_once_per_container(model, wav, monkeypatch):
+    made = []
+    real = serverless.Transcriber
+    monkeypatch.setattr(serverless, "Transcriber", lambda *a, **k: made.append(1) or real(*a, **k))
+    event = {"audio_base64": base64.b64encode(wav).decode()}
+    assert [call(event)[0] for _ in range(3)] == [200, 200, 200] and len(made) == 1
+
+
+def test_failures_inside_give_500_without_internals(model, wav, monkeypatch, caplog):
+    def boom(*a, **k):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(serverless.Transcriber, "transcribe_audio", boom)
+    status, body = call({"audio_base64": base64.b64encode(wav).decode()})
+    assert status == 500 and body == {"error": "internal error"} and "secret internals" in caplog.text
+    monkeypatch.setenv("PROSLUSHKA_MODEL", "/nowhere/model.onnx")
+    monkeypatch.setattr(serverless, "_transcriber", None)
+    status, body = call({"audio_base64": base64.b64encode(wav).decode()})
+    assert status == 500 and "could not be loaded" in body["error"]
+
+
+def test_inference_modules_never_import_torch():
+    code = (
+        "import sys, transcribe, proslushka.serverless, proslushka.formats, proslushka.segment,"
+        " proslushka.manifest, proslushka.infer, proslushka.metrics; print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

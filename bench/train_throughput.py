@@ -1,0 +1,72 @@
+"""Training throughput on this machine: audio seconds per wall second for each model preset, side by side.
+
+Runs a few optimizer steps of the real training loop (features, SpecAugment, forward, CTC, backward, AdamW) on
+batches from a manifest, after a warm-up step, and prints audio-s/s and the ratio between presets.
+    python bench/train_throughput.py [--manifest data/ru-synth/train/manifest.jsonl] [--presets 15x5 small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def measure(preset: str, manifest: str, batch_size: int, steps: int, cache_dir: str | None) -> float:
+    from proslushka.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        train_manifest=manifest,
+        out_dir=tempfile.mkdtemp(prefix="bench_train_"),
+        model=preset,
+        batch_size=batch_size,
+        num_workers=1,
+        progress=False,
+        cache_dir=cache_dir,
+        save_every=10**9,
+    )
+    trainer = Trainer(cfg)
+    trainer.model.train()
+    loader = iter(trainer.loader())
+    batches = [next(loader) for _ in range(steps + 1)]  # decoded up front: this measures the model, not ffmpeg
+    seconds, elapsed = 0.0, 0.0
+    for i, batch in enumerate(batches):
+        t = time.perf_counter()
+        loss, _, _ = trainer.forward_loss(batch)
+        loss.backward()
+        trainer.optimizer_step(batch[0].shape[0])
+        if i > 0:  # the first step warms up allocators and kernels
+            elapsed += time.perf_counter() - t
+            seconds += batch[1].sum().item() / 16000
+    return seconds / elapsed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", default="data/ru-synth/train/manifest.jsonl")
+    p.add_argument("--presets", nargs="+", default=["15x5", "small"])
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--cache_dir", default="data/cache")
+    args = p.parse_args()
+    import torch
+
+    from proslushka.data import read_manifest
+
+    hours = sum(read_manifest(args.manifest, check_audio=False).durations) / 3600
+    rates = {name: measure(name, args.manifest, args.batch_size, args.steps, args.cache_dir) for name in args.presets}
+    print(f"training throughput, batch {args.batch_size}, {torch.get_num_threads()} threads, fp32 CPU:")
+    for name, rate in rates.items():
+        print(f"  {name:6s} {rate:8.1f} audio-s/s   ({hours * 3600 / rate / 60:6.1f} min per epoch of the manifest)")
+    base = args.presets[0]
+    for name in args.presets[1:]:
+        print(f"ratio {name} / {base}: {rates[name] / rates[base]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

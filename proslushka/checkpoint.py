@@ -59,7 +59,12 @@ def load_model(
 ) -> tuple[QuartzNet, FeatureConfig, list[str], dict[str, Any]]:
     """(model in eval mode, feature config, labels, the whole checkpoint dict)."""
     ckpt = load(path, map_location)
+    model, feat_cfg, labels = unpack(ckpt)
+    return model.eval(), feat_cfg, labels, ckpt
+
+
+def unpack(ckpt: dict[str, Any]) -> tuple[QuartzNet, FeatureConfig, list[str]]:
+    """(model with the checkpoint's weights, feature config, labels) from a loaded checkpoint dict."""
     model = QuartzNet(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, FeatureConfig.from_dict(ckpt["feature_config"]), list(ckpt["labels"]), ckpt
+    return model, FeatureConfig.from_dict(ckpt["feature_config"]), list(ckpt["labels"])

@@ -116,8 +116,6 @@ def setup_distributed(device: str) -> Dist:
 
 
 def pick_device(name: str, d: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and d.world > 1:
         name = f"cuda:{d.local_rank}"
     device = torch.device(name)
@@ -230,8 +228,9 @@ def threading_main() -> bool:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.dist = setup_distributed("cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
-        self.device = pick_device(cfg.device, self.dist)
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+        self.dist = setup_distributed(device)
+        self.device = pick_device(device, self.dist)
         self.out = Path(cfg.out_dir)
         self.labels = list(cfg.labels)
         torch.manual_seed(cfg.seed)
@@ -243,11 +242,7 @@ class Trainer:
         self.valid_set = self._manifest(cfg.valid_manifest, None, None) if cfg.valid_manifest else None
 
         if resume_ckpt is not None:
-            from .model import ModelConfig
-
-            self.model = QuartzNet(ModelConfig.from_dict(resume_ckpt["model_config"]))
-            self.feat_cfg = FeatureConfig.from_dict(resume_ckpt["feature_config"])
-            self.labels = list(resume_ckpt["labels"])
+            self.model, self.feat_cfg, self.labels = checkpoint.unpack(resume_ckpt)
         else:
             self.model, self.feat_cfg = build_model(cfg, self.labels, self.log)
         self.model.to(self.device)
@@ -320,8 +315,7 @@ class Trainer:
         return ckpt
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        t = ckpt["trainer"]
-        self.model.load_state_dict(ckpt["model"])
+        t = ckpt["trainer"]  # the model's weights came with it in checkpoint.unpack
         self.optimizer.load_state_dict(t["optimizer"])
         self.scheduler.load_state_dict(t["scheduler"])
         self.scaler.load_state_dict(t["scaler"])

@@ -12,7 +12,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_MODEL = "models/demo.onnx"
+# the shipped demo model (models/README.md), found beside this script whatever the working directory
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # proslushka.formats.FORMATS, here so --help needs no imports
 AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".mkv", ".wma",
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", help="audio files (any format ffmpeg reads) or folders of them")
     p.add_argument("--manifest", help="a JSON-lines (or .csv/.tsv) manifest: audio_filepath, optionally text")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="ONNX model from export.py (default: %(default)s)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="ONNX model from export.py (default: the demo model, "
+                   "models/demo.onnx)")
     p.add_argument("--format", default="txt", choices=FORMATS, help="output format (default: %(default)s)")
     p.add_argument("--output_dir", help="write one file per input here (NAME.FORMAT, folder structure kept)")
     p.add_argument("-o", "--output", help="write all transcripts to this one file (default: stdout)")

@@ -6,6 +6,10 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates files readable by the owner only; a written output should get the usual rw-r--r-- (umask) instead
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     """Write to a temp file in the same folder, fsync, then rename over `path`."""
@@ -20,6 +24,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

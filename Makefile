@@ -1,0 +1,39 @@
+# Retrain the shipped demo model from the ru-synth corpus:  make demo   (about 2 hours on 2 CPU cores)
+# Stages: render the corpus (once, resumable) -> train 15 epochs -> continue 12 epochs with augmentation -> ONNX.
+# Interrupted? Run `make demo` again: each stage continues its run from last.pt (a finished one just says "done").
+# models/README.md has the measured figures of the run that made models/demo.onnx.
+
+PYTHON ?= python3
+RU_SYNTH ?= ../shared/data/ru-synth
+DATA := data/ru-synth
+RUN := runs/demo
+TRAIN := $(PYTHON) train.py --train_manifest $(DATA)/train/manifest.jsonl \
+	--valid_manifest $(DATA)/valid/manifest.jsonl --cache_dir data/cache --num_workers 1 --batch_size 16
+# $(call train_into,DIR): the output folder, resuming the run already there
+train_into = --out_dir $(1) $(if $(wildcard $(1)/last.pt),--resume $(1)/last.pt)
+
+.PHONY: demo demo-stage1 demo-stage2 demo-eval test
+
+demo: demo-stage2
+	$(PYTHON) export.py --checkpoint $(RUN)/stage2/best.pt --quantize int8 -o models/demo.onnx
+
+$(DATA)/train/manifest.jsonl:
+	$(PYTHON) $(RU_SYNTH)/render.py --out $(DATA)
+
+# stage 1: from scratch, no augmentation, batch 16 (CTC's all-blank start lasts ~800 steps; see docs/runs/)
+demo-stage1: $(DATA)/train/manifest.jsonl
+	$(TRAIN) --model small --normalize per_feature --max_epochs 15 --lr 2e-3 --warmup_steps 200 \
+		--no_spec_augment $(call train_into,$(RUN)/stage1)
+
+# stage 2: a warm restart from the best stage-1 weights; stage 1 ends memorizing the 5000 training sentences, so
+# this one adds speed perturbation, SpecAugment and more weight decay
+demo-stage2: demo-stage1
+	$(TRAIN) --init $(RUN)/stage1/best.pt --max_epochs 12 --lr 1e-3 --warmup_steps 100 --weight_decay 1e-2 \
+		--speed_perturb 0.9 1.0 1.1 --rect_masks 2 --rect_freq 25 --rect_time 40 $(call train_into,$(RUN)/stage2)
+
+# the README's evaluation: greedy WER and CER of the shipped model on ru-synth valid
+demo-eval: $(DATA)/train/manifest.jsonl
+	$(PYTHON) transcribe.py --manifest $(DATA)/valid/manifest.jsonl --report runs/demo-valid-errors.tsv --batch_size 8
+
+test:
+	$(PYTHON) -m pytest -q

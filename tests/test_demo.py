@@ -1,0 +1,30 @@
+"""The shipped demo model: transcribe.py with no --model uses it, and it gets the bundled samples right."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+from proslushka.metrics import cer
+
+DEMO = ROOT / "models" / "demo.onnx"
+SAMPLES = ROOT / "samples"
+
+
+def test_demo_model_is_shipped_small():
+    assert DEMO.is_file(), "models/demo.onnx is missing: `make demo` builds it"
+    assert DEMO.stat().st_size <= 30 * 2**20
+
+
+def test_demo_model_transcribes_the_samples(tmp_path):
+    rows = [json.loads(line) for line in (SAMPLES / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    clips = [str(SAMPLES / r["audio_filepath"]) for r in rows]
+    # run from elsewhere, as a user would: the default model is found beside transcribe.py, not in the cwd
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "transcribe.py"), *clips], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    hyps = done.stdout.splitlines()
+    assert len(hyps) == len(rows)
+    assert cer([r["text"] for r in rows], hyps) <= 0.10, list(zip([r["text"] for r in rows], hyps, strict=True))

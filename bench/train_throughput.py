@@ -42,7 +42,7 @@ def measure(preset: str, manifest: str, batch_size: int, steps: int, cache_dir: 
         trainer.optimizer_step(batch[0].shape[0])
         if i > 0:  # the first step warms up allocators and kernels
             elapsed += time.perf_counter() - t
-            seconds += batch[1].sum().item() / 16000
+            seconds += batch[1].sum().item() / trainer.feat_cfg.sample_rate
     return seconds / elapsed
 
 

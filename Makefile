@@ -12,7 +12,7 @@ TRAIN := $(PYTHON) train.py --train_manifest $(DATA)/train/manifest.jsonl \
 # $(call train_into,DIR): the output folder, resuming the run already there
 train_into = --out_dir $(1) $(if $(wildcard $(1)/last.pt),--resume $(1)/last.pt)
 
-.PHONY: demo demo-stage1 demo-stage2 demo-eval test
+.PHONY: demo demo-stage1 demo-stage2 demo-eval golos-eval test
 
 demo: demo-stage2
 	$(PYTHON) export.py --checkpoint $(RUN)/stage2/best.pt --quantize int8 -o models/demo.onnx
@@ -34,6 +34,14 @@ demo-stage2: demo-stage1
 # the README's evaluation: greedy WER and CER of the shipped model on ru-synth valid
 demo-eval: $(DATA)/train/manifest.jsonl
 	$(PYTHON) transcribe.py --manifest $(DATA)/valid/manifest.jsonl --report runs/demo-valid-errors.tsv --batch_size 8
+
+# Golos's WER table with Sber's checkpoint: download (68 MB) and transfer it, export, fetch the test set (1.3 GB),
+# transcribe crowd and farfield. GOLOS_LM=path/to/lm.binary adds the beam-search row (e.g. from Golos's KenLMs.tar).
+GOLOS := models/quartznet15x5_golos
+golos-eval:
+	$(PYTHON) transfer.py golos -o $(GOLOS).pt
+	$(PYTHON) export.py --checkpoint $(GOLOS).pt -o $(GOLOS).onnx
+	$(PYTHON) -m proslushka.golos eval --model $(GOLOS).onnx $(if $(GOLOS_LM),--lm $(GOLOS_LM))
 
 test:
 	$(PYTHON) -m pytest -q

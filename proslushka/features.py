@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     import torch
 
 NORMALIZE_EPS = 1e-5  # NeMo adds this to the std (not the variance)
+# valid frames of N samples at hop h: "floor" N // h (NeMo ≥ 2.5), "floor+1" N // h + 1 (NeMo 1.0 to 2.4, every
+# STFT frame), "ceil" ceil(N / h) (NeMo ≤ 1.0.0b4, the Golos training era)
+VALID_FRAMES = ("floor", "floor+1", "ceil")
 
 
 @dataclass
@@ -31,17 +34,23 @@ class FeatureConfig:
     log_guard: float = 2.0**-24
     normalize: str = "none"  # "per_feature" (NeMo) or "none" (our fine-tuning default)
     pad_to: int = 16
-    # "constant": current NeMo (zero centre padding, N // hop valid frames, padding-invariant);
-    # "reflect": NeMo ≤ 1.0.0b4, the Golos training era (reflect centre padding, ceil(N / hop) valid frames).
+    # STFT centre padding: "constant" (zeros, NeMo ≥ 2.5) or "reflect" (NeMo ≤ 2.4, the Golos era included)
     pad_mode: str = "constant"
     lowfreq: float = 0.0
     highfreq: float | None = None
+    # how many frames of a clip of N samples count as valid (NEMO.md §2.3), one of VALID_FRAMES;
+    # None: "floor" with constant padding, "ceil" with reflect (what a pad_mode-only config always meant)
+    valid_frames: str | None = None
 
     def __post_init__(self) -> None:
         if self.normalize not in ("per_feature", "none"):
             raise ValueError(f"normalize must be 'per_feature' or 'none', not {self.normalize!r}")
         if self.pad_mode not in ("constant", "reflect"):
             raise ValueError(f"pad_mode must be 'constant' or 'reflect', not {self.pad_mode!r}")
+        if self.valid_frames is None:
+            self.valid_frames = "ceil" if self.pad_mode == "reflect" else "floor"
+        if self.valid_frames not in VALID_FRAMES:
+            raise ValueError(f"valid_frames must be one of {', '.join(VALID_FRAMES)}, not {self.valid_frames!r}")
 
     @property
     def win_length(self) -> int:
@@ -60,11 +69,14 @@ class FeatureConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def num_frames(num_samples: int, cfg: FeatureConfig) -> int:
-    """Valid feature frames for a clip of `num_samples` (NEMO.md §2.3)."""
-    if cfg.pad_mode == "reflect":
-        return -(-num_samples // cfg.hop_length)
-    return num_samples // cfg.hop_length
+def num_frames(num_samples, cfg: FeatureConfig):
+    """Valid feature frames for a clip of `num_samples` (an int, or an integer array/tensor; NEMO.md §2.3)."""
+    hop = cfg.hop_length
+    if cfg.valid_frames == "ceil":
+        return (num_samples + hop - 1) // hop
+    if cfg.valid_frames == "floor+1":
+        return num_samples // hop + 1
+    return num_samples // hop
 
 
 def padded_frames(num_samples: int, cfg: FeatureConfig) -> int:
@@ -186,10 +198,7 @@ def _torch_module():
             with torch.autocast(audio.device.type, enabled=False):
                 x = audio.float()
                 hop = cfg.hop_length
-                if cfg.pad_mode == "reflect":
-                    frames = torch.div(lengths + hop - 1, hop, rounding_mode="floor")
-                else:
-                    frames = torch.div(lengths, hop, rounding_mode="floor")
+                frames = num_frames(lengths, cfg)
                 if self.training and cfg.dither > 0:
                     x = x + cfg.dither * torch.randn_like(x)
                 x = torch.cat([x[:, :1], x[:, 1:] - cfg.preemph * x[:, :-1]], dim=1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,3 +35,43 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | os.PathLike, need_bytes: int = 0) -> None:
+    """Raise OSError (with a filename) now if `path` cannot be written, rather than after the work is done.
+
+    Leaves nothing behind: a temp file is made and removed in the nearest existing folder on the way to `path` (the
+    write creates the missing ones). need_bytes: also refuse a file system with less space free than that. A device
+    or FIFO (/dev/stdout) is written as it is, so it is not probed.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    if path.exists() and not path.is_file():
+        return
+    folder = path.parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is not a folder", str(folder))
+    try:  # the temp name atomic_write will use: a name too long for the file system fails here too
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    os.close(fd)
+    os.unlink(tmp)
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise OSError(errno.ENOSPC, f"{free / 1e6:.0f} MB free, about {need_bytes / 1e6:.0f} MB needed", str(folder))
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temp files atomic_write left for `path` when its process was killed mid-write; returns them.
+
+    Only call it while nothing else writes `path`: a live write's temp file looks the same.
+    """
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale

@@ -1,0 +1,137 @@
+"""Downloads that survive real networks: redirects, resume after a cut, a progress bar, an MD5 check, a cache.
+
+A file is downloaded into `NAME.part` beside its final place and renamed only once its MD5 matches, so the cache
+never holds a wrong file under the right name. A cut connection resumes where it stopped (an HTTP Range request),
+in the same run and in the next one; a checksum mismatch deletes the download and says so in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+
+CHUNK = 1 << 20
+ATTEMPTS = 5  # connections per URL before trying the next one; each one resumes where the last stopped
+TIMEOUT = 60.0  # seconds without a byte before a connection counts as cut
+
+
+class FetchError(RuntimeError):
+    """A download that failed; the message is one line naming the file or URL and the reason."""
+
+
+@dataclass(frozen=True)
+class Remote:
+    name: str  # the file's name in the cache
+    urls: tuple[str, ...]  # tried in order
+    md5: str
+    size: str  # for messages, e.g. "68 MB"
+
+
+def cache_dir() -> Path:
+    """$PROSLUSHKA_CACHE, else ~/.cache/proslushka."""
+    return Path(os.environ.get("PROSLUSHKA_CACHE") or Path.home() / ".cache" / "proslushka")
+
+
+def md5_of(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(remote: Remote, folder: Path | None = None, urls: Sequence[str] | None = None, progress: bool = True) -> Path:
+    """The verified file in `folder` (default: the cache), downloading it first if needed."""
+    folder = Path(folder) if folder else cache_dir()
+    dest = folder / remote.name
+    if dest.is_file():
+        if md5_of(dest) == remote.md5:
+            return dest
+        dest.unlink()  # a file that no longer matches (edited, or a different version): fetch it again
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FetchError(f"{folder}: cannot create the download folder ({e.strerror})") from None
+    part = dest.with_name(dest.name + ".part")
+    errors = []
+    for url in urls or remote.urls:
+        try:
+            download(url, part, progress=progress, label=remote.name)
+            break
+        except FetchError as e:
+            errors.append(str(e))
+    else:
+        kept = f"; {part} keeps what arrived, run again to resume" if part.is_file() and part.stat().st_size else ""
+        raise FetchError(f"{remote.name}: could not download it ({' | '.join(errors)}){kept}")
+    got = md5_of(part)
+    if got != remote.md5:
+        part.unlink()
+        raise FetchError(f"{remote.name}: MD5 mismatch (got {got}, expected {remote.md5}); the download was deleted")
+    os.replace(part, dest)
+    return dest
+
+
+def download(url: str, part: Path, progress: bool = True, label: str = "", attempts: int = ATTEMPTS) -> None:
+    """Append `url`'s bytes to `part` until it is complete, reconnecting with a Range request after each cut."""
+    last = ""
+    for attempt in range(attempts):
+        try:
+            if _download_once(url, part, progress, label or part.name):
+                return
+            last = "the connection closed early"
+        except (urllib.error.URLError, HTTPException, OSError) as e:
+            if isinstance(e, urllib.error.HTTPError) and e.code not in (408, 429, 500, 502, 503, 504):
+                raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from None
+            last = str(getattr(e, "reason", None) or e) or type(e).__name__
+        time.sleep(min(2**attempt, 10) * 0.1)
+    raise FetchError(f"{url}: {last} (after {attempts} attempts)")
+
+
+def _download_once(url: str, part: Path, progress: bool, label: str) -> bool:
+    """One connection: True when the file is complete, False when the server stopped before its end."""
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "proslushka", "Accept-Encoding": "identity"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT)  # follows redirects, 301 to 308
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # asked for bytes past the end: what we have is the whole file
+            return True
+        raise
+    with response:
+        if have and response.status != 206:  # the server ignored the range: start over
+            have = 0
+        elif have and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+            raise FetchError(f"{url}: the server resumed at the wrong place ({response.headers.get('Content-Range')})")
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        bar = _bar(total, have, label) if progress else None
+        try:
+            with open(part, "ab" if have else "wb") as f:
+                while block := response.read(CHUNK):
+                    f.write(block)
+                    have += len(block)
+                    if bar:
+                        bar.update(len(block))
+        finally:
+            if bar:
+                bar.close()
+    return total is None or have >= total
+
+
+def _bar(total: int | None, initial: int, label: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                file=sys.stderr, leave=False)  # fmt: skip

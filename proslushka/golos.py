@@ -1,0 +1,154 @@
+"""Sber's Golos: the QuartzNet15x5 checkpoint and the test set, fetched and verified, and Golos's WER table redone.
+
+    python -m proslushka.golos eval --model models/quartznet15x5_golos.onnx [--lm LM] [--test_tar test.tar]
+
+fetches test.tar (1.3 GB, MD5-checked, cached), unpacks its crowd and farfield parts, runs transcribe.py --report on
+each manifest (greedy, and with --lm also beam search with that LM) and prints our WER beside the published one.
+URLs, checksums and figures: the Golos README (salute-developers/golos, golos/README.md and golos/md5sum.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from .fetch import FetchError, Remote, cache_dir, fetch
+from .files import atomic_write
+
+_README_HOSTS = (
+    "https://cdn.chatwm.opensmodel.sberdevices.ru/golos/",  # the README since 2025-05 ("to be updated")
+    "https://n-ws-3jtx8.s3pd12.sbercloud.ru/b-ws-3jtx8-eir/golos/",  # the README before that
+)
+MODEL = Remote(
+    "QuartzNet15x5_golos.nemo",
+    tuple(h + "QuartzNet15x5_golos.nemo" for h in _README_HOSTS) + ("https://sc.link/ZMv",),
+    "5bdf7ce2ba610db4d309413ca3cb4064",
+    "68 MB",
+)
+TEST = Remote(
+    "golos_test.tar",
+    tuple(h + "test.tar" for h in _README_HOSTS) + ("https://sc.link/Kqr",),
+    "284a6e54ca7bf0dd599db1bea030775c",
+    "1.3 GB",
+)
+DOMAINS = ("crowd", "farfield")
+# WER % from the Golos README: greedy, and beam search with the Common Crawl + Golos 3-gram KenLM (50/50)
+PUBLISHED = {"greedy": {"crowd": 4.389, "farfield": 14.949}, "lm": {"crowd": 3.318, "farfield": 11.488}}
+ROOT = Path(__file__).resolve().parent.parent
+# a member of test.tar that we unpack: DOMAIN/NAME.jsonl or DOMAIN/files/NAME.wav, under any leading folders
+_MEMBER = re.compile(r"(?:[\w.-]+/)*?(crowd|farfield)/((?:files/)?[\w.-]+\.(?:jsonl|wav|opus|flac))")
+
+
+def unpack_test(tar_path: Path, out: Path) -> dict[str, Path]:
+    """The crowd and farfield manifests of a Golos test.tar, unpacked into `out` (once: a second call reuses it).
+
+    Members are never written under their own names: only regular files whose names match DOMAIN/NAME.jsonl or
+    DOMAIN/files/NAME.wav (word characters, dots and dashes) are copied, to paths we build from those parts.
+    """
+    done = out / "unpacked.json"
+    if done.is_file():
+        return {d: out / p for d, p in json.loads(done.read_text()).items()}
+    manifests: dict[str, Path] = {}
+    try:
+        with tarfile.open(tar_path, "r:*") as tar:
+            for member in tar:
+                m = _MEMBER.fullmatch(member.name.removeprefix("./"))
+                if not (m and member.isfile()) or ".." in m.group(2):
+                    continue
+                dest = out / m.group(1) / m.group(2)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(member)
+                atomic_write(dest, src.read() if src else b"")
+                if dest.suffix == ".jsonl" and "/" not in m.group(2):
+                    manifests.setdefault(m.group(1), dest)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise FetchError(f"{tar_path}: not a readable tar ({e})") from None
+    missing = [d for d in DOMAINS if d not in manifests]
+    if missing:
+        raise FetchError(f"{tar_path}: no {' or '.join(missing)} manifest (DOMAIN/DOMAIN.jsonl) in the archive")
+    atomic_write(done, json.dumps({d: str(p.relative_to(out)) for d, p in manifests.items()}))
+    return manifests
+
+
+def word_error_rate(report_tsv: Path) -> tuple[float, int]:
+    """(WER %, utterances) from a transcribe.py --report file: its word_edits and words columns, summed."""
+    edits = words = rows = 0
+    with open(report_tsv, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        e_col, w_col = header.index("word_edits"), header.index("words")
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            edits, words, rows = edits + int(cols[e_col]), words + int(cols[w_col]), rows + 1
+    return 100.0 * edits / max(words, 1), rows
+
+
+def evaluate(manifest: Path, model: str, report: Path, extra: list[str]) -> tuple[float, int]:
+    """Run transcribe.py --manifest ... --report on one test set; (WER %, utterances scored)."""
+    cmd = [sys.executable, str(ROOT / "transcribe.py"), "--manifest", str(manifest), "--model", model,
+           "--report", str(report), "--batch_size", "8", *extra]  # fmt: skip
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if not report.is_file():
+        tail = r.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise FetchError(f"{manifest}: transcribe.py failed ({tail[0][:300]})")
+    return word_error_rate(report)
+
+
+def table(results: dict[str, dict[str, tuple[float, int]]]) -> str:
+    """Our WER beside Golos's published one, one row per decoder and test set."""
+    names = {"greedy": "greedy", "lm": "beam + LM"}
+    lines = [f"{'decoder':<10} {'test set':<9} {'files':>6} {'ours WER':>9} {'Golos WER':>10}"]
+    for kind, by_domain in results.items():
+        for domain, (wer, n) in by_domain.items():
+            lines.append(f"{names[kind]:<10} {domain:<9} {n:>6} {wer:>8.3f}% {PUBLISHED[kind][domain]:>9.3f}%")
+    if "lm" in results:
+        lines.append("(Golos's beam + LM row used their Common Crawl + Golos 3-gram; ours used the --lm given)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m proslushka.golos", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("eval", help="reproduce Golos's WER table with an exported model")
+    e.add_argument("--model", required=True, help="the ONNX export of the transferred Golos checkpoint")
+    e.add_argument("--lm", help="also decode with this KenLM language model (transcribe.py --lm)")
+    e.add_argument("--test_tar", help="a test.tar already on disk (default: download it into the cache)")
+    e.add_argument("--url", action="append", help="download test.tar from here instead (repeatable: mirrors)")
+    e.add_argument("--cache_dir", help=f"where downloads and the unpacked test set go (default: {cache_dir()})")
+    e.add_argument("--out_dir", default="runs/golos-eval", help="reports go here (default: %(default)s)")
+    args = p.parse_args(argv)
+    cache = Path(args.cache_dir) if args.cache_dir else cache_dir()
+    if not Path(args.model).is_file():
+        print(f"error: {args.model}: no such model (transfer.py golos, then export.py)", file=sys.stderr)
+        return 2
+    try:
+        tar_path = Path(args.test_tar) if args.test_tar else fetch(TEST, cache, args.url)
+        manifests = unpack_test(tar_path, cache / "golos_test")
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        decoders = {"greedy": ["--lm", "none"]} | ({"lm": ["--lm", args.lm]} if args.lm else {})
+        results: dict[str, dict[str, tuple[float, int]]] = {}
+        for kind, extra in decoders.items():
+            for domain, manifest in manifests.items():
+                print(f"{kind}: transcribing {domain} ({manifest})", file=sys.stderr)
+                report = out / f"{domain}-{kind}.tsv"
+                results.setdefault(kind, {})[domain] = evaluate(manifest, args.model, report, extra)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or args.out_dir}: {e.strerror}", file=sys.stderr)
+        return 1
+    text = table(results)
+    atomic_write(out / "table.txt", text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The Golos download and evaluation paths against a local HTTP server on 127.0.0.1 (no machine here reaches the
+real hosts): checksums good and bad, a redirect, a connection cut mid-file then resumed, a fake test.tar."""
+
+import hashlib
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from conftest import NEMO, ROOT
+
+from proslushka import fetch, golos
+from proslushka.fetch import FetchError, Remote
+
+
+class Files(BaseHTTPRequestHandler):
+    """GET /NAME serves FILES[NAME] with Range support; /redirect/NAME answers 302 to /NAME; /cut/NAME sends half
+    of the file and drops the connection the first time it is asked, then serves normally."""
+
+    files: dict[str, bytes] = {}
+    cut_done: set[str] = set()
+    requests: list[tuple[str, str | None]] = []
+
+    def log_message(self, *args):  # keep pytest's output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        self.requests.append((self.path, self.headers.get("Range")))
+        path = self.path.lstrip("/")
+        if path.startswith("redirect/"):
+            self.send_response(302)
+            self.send_header("Location", "/" + path.removeprefix("redirect/"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        cut = path.startswith("cut/") and path not in self.cut_done
+        data = self.files.get(path.removeprefix("cut/"))
+        if data is None:
+            self.send_error(404)
+            return
+        start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        if cut:
+            self.cut_done.add(path)
+            self.wfile.write(data[start : start + (len(data) - start) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the connection breaks mid-file
+            return
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def server():
+    Files.files, Files.cut_done, Files.requests = {}, set(), []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _remote(name, data):
+    return Remote(name, (), hashlib.md5(data).hexdigest(), "small")
+
+
+def test_download_verifies_md5_and_caches(tmp_path, server):
+    data = np.random.default_rng(0).bytes(300_000)
+    Files.files["m.nemo"] = data
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/m.nemo"], progress=False)
+    assert got == tmp_path / "m.nemo" and got.read_bytes() == data
+    n = len(Files.requests)
+    assert fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/m.nemo"], progress=False) == got
+    assert len(Files.requests) == n  # the cached file is verified, not downloaded again
+
+
+def test_md5_mismatch_leaves_nothing_behind(tmp_path, server):
+    Files.files["m.nemo"] = b"not the file you wanted" * 1000
+    bad = Remote("m.nemo", (), "5bdf7ce2ba610db4d309413ca3cb4064", "68 MB")
+    with pytest.raises(FetchError) as e:
+        fetch.fetch(bad, tmp_path, [f"{server}/m.nemo"], progress=False)
+    assert "MD5 mismatch" in str(e.value) and "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redirect_is_followed(tmp_path, server):
+    data = b"redirected bytes" * 5000
+    Files.files["m.nemo"] = data
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/redirect/m.nemo"], progress=False)
+    assert got.read_bytes() == data
+    assert [p for p, _ in Files.requests] == ["/redirect/m.nemo", "/m.nemo"]
+
+
+def test_cut_connection_resumes_with_a_range_request(tmp_path, server):
+    data = np.random.default_rng(1).bytes(2_000_000)
+    Files.files["m.nemo"] = data
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/cut/m.nemo"], progress=False)
+    assert got.read_bytes() == data
+    ranges = [r for _, r in Files.requests]
+    assert ranges[0] is None and ranges[1] == f"bytes={len(data) // 2}-"  # the second request resumed mid-file
+
+
+def test_interrupted_download_resumes_in_the_next_run(tmp_path, server):
+    data = np.random.default_rng(2).bytes(500_000)
+    Files.files["m.nemo"] = data
+    (tmp_path / "m.nemo.part").write_bytes(data[:123_456])  # what an earlier, killed run left
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/m.nemo"], progress=False)
+    assert got.read_bytes() == data and Files.requests[0][1] == "bytes=123456-"
+    assert not (tmp_path / "m.nemo.part").exists()
+
+
+def test_dead_mirror_falls_through_to_the_next(tmp_path, server):
+    data = b"x" * 1000
+    Files.files["m.nemo"] = data
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/gone.nemo", f"{server}/m.nemo"], progress=False)
+    assert got.read_bytes() == data
+    with pytest.raises(FetchError) as e:
+        fetch.fetch(_remote("n.nemo", data), tmp_path, [f"{server}/gone.nemo"], progress=False)
+    assert "HTTP 404" in str(e.value)
+
+
+def test_transfer_golos_downloads_then_transfers(tmp_path, server, monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT))
+    import transfer
+
+    data = (NEMO / "quartznet_tiny" / "model.nemo").read_bytes()
+    Files.files["QuartzNet15x5_golos.nemo"] = data
+    url = f"{server}/redirect/QuartzNet15x5_golos.nemo"
+    # the published MD5 is that of the real 68 MB file: this one fails it, and leaves nothing behind
+    assert transfer.main(["golos", "--url", url, "--cache_dir", str(tmp_path / "c"), "-o", str(tmp_path / "g.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "MD5 mismatch" in err[-1] and not any((tmp_path / "c").iterdir()) and not (tmp_path / "g.pt").exists()
+    monkeypatch.setattr(golos, "MODEL", _remote("QuartzNet15x5_golos.nemo", data))
+    assert transfer.main(["golos", "--url", url, "--cache_dir", str(tmp_path / "c"), "-o", str(tmp_path / "g.pt")]) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "g.pt").is_file()
+    assert (tmp_path / "c" / "QuartzNet15x5_golos.nemo").read_bytes() == data
+
+
+def test_word_error_rate_sums_edits_over_words(tmp_path):
+    report = tmp_path / "r.tsv"
+    report.write_text(
+        "wer\tcer\tword_edits\twords\tchar_edits\tchars\taudio_filepath\treference\thypothesis\n"
+        "1.0\t0.5\t3\t3\t4\t8\ta.wav\tx y z\tq\n"
+        "0.0\t0.0\t0\t5\t0\t9\tb.wav\ta b c d e\ta b c d e\n"
+    )
+    assert golos.word_error_rate(report) == (100 * 3 / 8, 2)

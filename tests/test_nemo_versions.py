@@ -36,11 +36,11 @@ def _legacy(cfg):
     return out
 
 
-def _pack(path, cfg, sd, compress=True, prefix="./"):
+def _pack(path, cfg, sd, compress=True, prefix="./", zip_format=True):
     """A .nemo as NeMo 1.0.0b4's save_to wrote it: tarfile 'w:gz', arcname './' (a './' folder member first)."""
     buf = io.BytesIO()
     ckpt = io.BytesIO()
-    torch.save(sd, ckpt)
+    torch.save(sd, ckpt, _use_new_zipfile_serialization=zip_format)
     with tarfile.open(fileobj=buf, mode="w") as tar:
         if prefix:
             folder = tarfile.TarInfo(prefix)
@@ -92,6 +92,14 @@ def test_era_from_version_and_packing(tmp_path, version, compress, pad_mode, fra
     nm = load_nemo(_pack(tmp_path / "m.nemo", cfg, sd, compress=compress, prefix="" if compress else "./"))
     assert (nm.feature_config.pad_mode, nm.feature_config.valid_frames) == (pad_mode, frames)
     assert nm.era.name == (f"NeMo {version}" if version else "NeMo 1.0 to 1.6")
+
+
+def test_pre_torch_1_6_weights_serialization_loads(tmp_path):
+    # torch < 1.6 wrote the legacy (non-zip) format; which one Golos's file uses is not known (NEMO.md §4)
+    cfg, sd = _fixture()
+    nm = load_nemo(_pack(tmp_path / "m.nemo", _legacy(cfg), sd, zip_format=False))
+    ref = load_nemo(NEMO / "quartznet_tiny" / "model.nemo")
+    assert all(torch.equal(nm.state_dict[k], v) for k, v in ref.state_dict.items())
 
 
 def test_conv_mask_false_keys_are_plain_conv1d(tmp_path):

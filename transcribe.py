@@ -1,4 +1,5 @@
-"""Transcribe audio files with an exported ONNX model: numpy features + onnxruntime + greedy CTC. No torch.
+"""Transcribe audio files with an exported ONNX model: numpy features + onnxruntime + CTC beam search with a KenLM
+language model (or greedy CTC with --lm none). No torch.
 
 Inputs are files, folders (searched recursively for audio) and --manifest rows. Long files are cut at pauses into
 chunks of at most ~20 s, so memory does not grow with their length; word times stay relative to the whole file.
@@ -14,6 +15,8 @@ from pathlib import Path
 
 # the shipped demo model (models/README.md), found beside this script whatever the working directory
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
+# the shipped LM (a word 3-gram of ru-synth's lm.txt), used when the model's alphabet is the one it was built with
+DEFAULT_LM = DEFAULT_MODEL.with_name("demo-lm.bin")
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # proslushka.formats.FORMATS, here so --help needs no imports
 AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".mkv", ".wma",
@@ -44,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max_words_per_line", type=int, default=None, help="srt/vtt: at most this many words a cue")
     p.add_argument("--report", help="with --manifest rows that have text: print WER/CER and write per-utterance "
                    "errors, the worst first, to this TSV file (transcripts then go only there, unless -o/--output_dir)")
+    p.add_argument("--lm", help="KenLM language model (binary or ARPA) for beam search, with its tuned settings from "
+                   "NAME.json beside it; 'none' decodes greedily (default: models/demo-lm.bin when the model's "
+                   "alphabet matches it, else greedy)")
+    p.add_argument("--beam_width", type=int, help="hypotheses kept per frame (default: the LM's tuned one, or 64)")
+    p.add_argument("--lm_alpha", type=float, help="LM weight (default: the LM's tuned one)")
+    p.add_argument("--lm_beta", type=float, help="bonus per word (default: the LM's tuned one)")
+    p.add_argument("--hotwords", help='words to favour, e.g. "прослушка:10,квартц" (weight 10 if not given); also '
+                   "words the LM has never seen")
     args = p.parse_args(argv)
     if not args.inputs and not args.manifest:
         p.error("give audio files, folders or --manifest")
@@ -55,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--batch_size and --max_chunk_seconds must be at least 1")
 
     from proslushka.audio import AudioError
+    from proslushka.decode import DecoderError
     from proslushka.files import atomic_write
     from proslushka.formats import render
     from proslushka.infer import ModelError, Transcriber
@@ -77,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         tr = Transcriber(args.model, threads=args.threads)
-    except ModelError as e:
+        setup_decoder(tr, args)
+    except (ModelError, DecoderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -110,6 +123,24 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.report, table)
         print(f"{summary}; {failed} inputs failed, not scored" if failed else summary, file=sys.stderr)
     return 1 if failed else 0
+
+
+def setup_decoder(tr, args: argparse.Namespace) -> None:
+    """Beam search with the chosen LM (or none), the settings given on the command line and the hotwords;
+    greedy for --lm none without hotwords. Raises DecoderError for an LM, settings or hotwords that cannot be used."""
+    from proslushka.decode import load_settings, parse_hotwords
+
+    hotwords = parse_hotwords(args.hotwords, tr.labels) if args.hotwords else None
+    given = {"alpha": args.lm_alpha, "beta": args.lm_beta, "beam_width": args.beam_width}
+    given = {k: v for k, v in given.items() if v is not None}
+    lm = args.lm
+    if lm is None:
+        shipped = load_settings(DEFAULT_LM) if DEFAULT_LM.is_file() else {}
+        lm = DEFAULT_LM if shipped.get("labels") == "".join(tr.labels) else "none"
+    if lm != "none":
+        tr.use_lm(lm, given, hotwords)
+    elif hotwords or given:  # beam search without an LM
+        tr.use_lm(None, given, hotwords)
 
 
 def collect(inputs: list[str], manifest: str | None) -> tuple[list[Item], list[str]]:

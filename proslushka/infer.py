@@ -1,4 +1,6 @@
-"""The torch-free transcriber: audio → numpy log-mel → onnxruntime → greedy CTC → text and word timestamps.
+"""The torch-free transcriber: audio → numpy log-mel → onnxruntime → CTC decoding → text and word timestamps.
+
+Decoding is greedy, or beam search with a KenLM language model and hotwords (decode.py) when given an LM.
 
 Files are read as a stream and cut at pauses into chunks of at most ~20 s (segment.py), so an hour of audio needs
 no more memory than a minute; chunks of many files run through onnxruntime together in padded batches of similar
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError
+from .decode import BeamDecoder, DecoderError, load_settings, settings_path
 from .features import FeatureConfig, batch_numpy, log_mel_numpy
 from .segment import MAX_CHUNK_SECONDS, split, stream_audio
 from .text import ctc_collapse, decode
@@ -77,9 +80,19 @@ class _Job:
 
 
 class Transcriber:
-    """Loads model.onnx once (labels and feature settings come from its metadata) and transcribes audio."""
+    """Loads model.onnx once (labels and feature settings come from its metadata) and transcribes audio.
 
-    def __init__(self, model_path: str | os.PathLike, threads: int | None = None):
+    Decodes greedily, or with beam search when `lm` is a language model (a KenLM binary or ARPA file, with the
+    settings of its NAME.json unless `lm_settings` overrides them; see decode.py)."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        threads: int | None = None,
+        lm: str | os.PathLike | None = None,
+        lm_settings: dict | None = None,
+        hotwords: dict[str, float] | None = None,
+    ):
         import onnxruntime as ort
 
         path = Path(model_path)
@@ -105,6 +118,21 @@ class Transcriber:
         self.blank = len(self.labels)
         self.sample_rate = self.feature_config.sample_rate
         self.frame_seconds = self.feature_config.window_stride * self.stride  # one output frame: 20 ms
+        self.decoder: BeamDecoder | None = None
+        if lm is not None or hotwords:
+            self.use_lm(lm, lm_settings, hotwords)
+
+    def use_lm(
+        self, lm: str | os.PathLike | None, settings: dict | None = None, hotwords: dict[str, float] | None = None
+    ) -> None:
+        """Decode with beam search from now on: with the LM `lm` (its NAME.json's settings, overridden by
+        `settings`) or, with lm=None, without one. Raises DecoderError naming a file that cannot be used."""
+        if lm is not None:
+            saved = load_settings(lm)
+            if saved.get("labels", "".join(self.labels)) != "".join(self.labels):
+                raise DecoderError(f"{settings_path(lm)}: the LM was built for another alphabet than the model's")
+            settings = {**saved, **(settings or {})}
+        self.decoder = BeamDecoder(self.labels, lm, settings, hotwords)
 
     def features(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
         return log_mel_numpy(audio, self.feature_config)
@@ -118,7 +146,21 @@ class Transcriber:
         return [out[i, : int(n)] for i, n in enumerate(out_len)]
 
     def text_of(self, logprobs: np.ndarray) -> str:
+        if self.decoder is not None:
+            return self.decoder.text(logprobs)
         return decode(ctc_collapse(logprobs.argmax(-1).tolist(), self.blank), self.labels)
+
+    def words_of(self, logprobs: np.ndarray, offset: float = 0.0) -> list[Word]:
+        """The words of one chunk's log-probs [T', V] with times in seconds, `offset` being the chunk's start."""
+        if self.decoder is None:
+            return ctc_words(logprobs.argmax(-1), self.blank, self.labels, self.frame_seconds, offset)
+        fs = self.frame_seconds
+        return [Word(w, offset + a * fs, offset + b * fs) for w, a, b in self.decoder.words(logprobs)]
+
+    def chunk_logprobs(self, source: str | os.PathLike | np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(first sample, log-probs) of each chunk of a source, one at a time (for tuning a decoder)."""
+        for start, audio in self._chunks(source, MAX_CHUNK_SECONDS):
+            yield start, self.logprobs([audio])[0]
 
     def transcribe(self, audio: np.ndarray) -> str:
         return self.transcribe_audio(audio).text
@@ -177,7 +219,7 @@ class Transcriber:
             batch = pool[b : b + batch_size]
             for (job, start, audio), lp in zip(batch, self.logprobs([a for _, _, a in batch]), strict=True):
                 offset, end = start / self.sample_rate, (start + len(audio)) / self.sample_rate
-                words = ctc_words(lp.argmax(-1), self.blank, self.labels, self.frame_seconds, offset)
+                words = self.words_of(lp, offset)
                 for w in words:  # the last output frame can reach past the audio by up to one frame
                     w.end = min(w.end, end)
                 job.parts.append((start, words))

@@ -2,8 +2,12 @@
 real hosts): checksums good and bad, a redirect, a connection cut mid-file then resumed, a fake test.tar."""
 
 import hashlib
+import io
+import json
 import sys
+import tarfile
 import threading
+import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -138,6 +142,64 @@ def test_transfer_golos_downloads_then_transfers(tmp_path, server, monkeypatch, 
     assert transfer.main(["golos", "--url", url, "--cache_dir", str(tmp_path / "c"), "-o", str(tmp_path / "g.pt")]) == 0
     assert "wrote" in capsys.readouterr().out and (tmp_path / "g.pt").is_file()
     assert (tmp_path / "c" / "QuartzNet15x5_golos.nemo").read_bytes() == data
+
+
+def _wav(seconds, seed):
+    buf = io.BytesIO()
+    x = (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 3000).astype("<i2")
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(x.tobytes())
+    return buf.getvalue()
+
+
+def _fake_test_tar():
+    """The layout of Golos's test.tar: test/DOMAIN/DOMAIN.jsonl and test/DOMAIN/files/*.wav, plus hostile members."""
+    members = {}
+    for d, domain in enumerate(golos.DOMAINS):
+        rows = []
+        for i in range(2):
+            name = f"files/{domain}{i}.wav"
+            members[f"test/{domain}/{name}"] = _wav(1.0 + i, 10 * d + i)
+            rows.append({"id": f"{domain}{i}", "audio_filepath": name, "text": "привет как дела", "duration": 1.0 + i})
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        members[f"test/{domain}/{domain}.jsonl"] = lines.encode()
+    members["test/crowd/../../evil.wav"] = b"no"
+    members["/etc/evil.jsonl"] = b"no"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("test/farfield/files/link.wav")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    return buf.getvalue()
+
+
+def test_golos_eval_on_a_fake_test_set(tmp_path, server, monkeypatch, capsys):
+    from onnx_models import fixture_onnx
+
+    data = _fake_test_tar()
+    Files.files["test.tar"] = data
+    monkeypatch.setattr(golos, "TEST", Remote("golos_test.tar", (), hashlib.md5(data).hexdigest(), "small"))
+    model = fixture_onnx(tmp_path)
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model), "--url", f"{server}/test.tar", "--cache_dir", str(tmp_path / "c"),
+            "--out_dir", str(out)]  # fmt: skip
+    assert golos.main(args) == 0
+    printed = capsys.readouterr().out
+    for domain, published in golos.PUBLISHED["greedy"].items():
+        line = next(ln for ln in printed.splitlines() if domain in ln)
+        assert f"{published:.3f}%" in line and " 2 " in line  # both files of the set were scored
+        wer, n = golos.word_error_rate(out / f"{domain}-greedy.tsv")
+        assert n == 2 and f"{wer:.3f}%" in line
+    unpacked = sorted(p.relative_to(tmp_path / "c" / "golos_test").as_posix()
+                      for p in (tmp_path / "c" / "golos_test").rglob("*") if p.is_file())  # fmt: skip
+    assert unpacked == ["crowd/crowd.jsonl", "crowd/files/crowd0.wav", "crowd/files/crowd1.wav",
+                        "farfield/farfield.jsonl", "farfield/files/farfield0.wav", "farfield/files/farfield1.wav",
+                        "unpacked.json"]  # fmt: skip
+    assert not (tmp_path / "evil.wav").exists() and (out / "table.txt").read_text().strip() == printed.strip()
 
 
 def test_word_error_rate_sums_edits_over_words(tmp_path):

@@ -1,14 +1,17 @@
-"""Build the AWS Lambda zip: the handler with the torch-free part of proslushka, model.onnx, a static ffmpeg and
-numpy + onnxruntime for Linux x86_64. Handler: proslushka.serverless.handler.
+"""Build the AWS Lambda zip: the handler with the torch-free part of proslushka, model.onnx, numpy, onnxruntime,
+soundfile (libsndfile: wav, flac, ogg, opus, mp3) and soxr for Linux x86_64, and a static audio-only ffmpeg for
+the other formats (m4a/aac, amr, wma, video). Handler: proslushka.serverless.handler.
 
-    python -m proslushka.bundle -o dist/lambda.zip --model models/demo.onnx [--ffmpeg build/ffmpeg/ffmpeg]
+    tools/build_ffmpeg.sh && python -m proslushka.bundle -o dist/lambda.zip --model models/demo.onnx
 
-Lambda takes at most 250 MB unzipped. imageio-ffmpeg's ffmpeg alone is 170 MB, so use a small audio-only build:
-tools/build_ffmpeg.sh makes a 3 MB one at build/ffmpeg/ffmpeg, where --ffmpeg looks first. The dependencies are
+Lambda takes at most 250 MB unzipped; imageio-ffmpeg's ffmpeg alone is 170 MB and PyAV 100 MB, so the formats
+libsndfile does not read go through a 3 MB ffmpeg that tools/build_ffmpeg.sh builds at build/ffmpeg/ffmpeg, where
+--ffmpeg looks first (--no_ffmpeg: a bundle without it, for libsndfile's formats only). The dependencies are
 pip's manylinux wheels for --python (the versions installed here, so the bundle runs what the tests ran), or with
 --site_packages the installed files themselves. Tests, headers, type stubs and onnxruntime's tools and C API
 library (the Python extension carries its own copy of the runtime) are left out; .pyc files are compiled in,
-because Lambda's code folder is read-only.
+because Lambda's code folder is read-only. Before writing the zip, a fresh Python runs the bundle alone on one
+clip in each of opus, ogg, wav, mp3 and m4a (encoded here with ffmpeg) and times its cold start.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import zipfile
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-DEPENDENCIES = ("numpy", "onnxruntime")
+# soundfile needs cffi (its _cffi_backend) and typing_extensions at run time; soxr resamples what is not 16 kHz
+DEPENDENCIES = ("numpy", "onnxruntime", "soundfile", "cffi", "typing_extensions", "soxr")
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{v}_x86_64" for v in range(24, 35)]  # Amazon Linux 2023: 2.34
 DROP = [
     "bin", "**/__pycache__", "**/tests", "**/*.pyi", "**/*.pxd", "**/*.h",
@@ -58,8 +62,8 @@ def package_modules(entry: str = "serverless") -> list[str]:
     return sorted(f"{m}.py" for m in seen)
 
 
-def stage(folder: Path, model: Path, ffmpeg: Path, python: str | None, site_packages: bool) -> None:
-    """Lay out the bundle's files in `folder`: the dependencies, proslushka/, model.onnx, bin/ffmpeg.
+def stage(folder: Path, model: Path, ffmpeg: Path | None, python: str | None, site_packages: bool) -> None:
+    """Lay out the bundle's files in `folder`: the dependencies, proslushka/, model.onnx, bin/ffmpeg (if given).
 
     python=None (and no site_packages) leaves the dependencies out: for tests of the layout.
     """
@@ -75,9 +79,10 @@ def stage(folder: Path, model: Path, ffmpeg: Path, python: str | None, site_pack
     for name in package_modules():
         shutil.copy2(PACKAGE / name, folder / "proslushka" / name)
     shutil.copy2(model, folder / "model.onnx")
-    (folder / "bin").mkdir()
-    shutil.copy2(ffmpeg, folder / "bin" / "ffmpeg")
-    os.chmod(folder / "bin" / "ffmpeg", 0o755)
+    if ffmpeg is not None:
+        (folder / "bin").mkdir()
+        shutil.copy2(ffmpeg, folder / "bin" / "ffmpeg")
+        os.chmod(folder / "bin" / "ffmpeg", 0o755)
 
 
 def pip_wheels(folder: Path, python: str) -> None:
@@ -139,27 +144,54 @@ from proslushka import serverless
 t1 = time.perf_counter()
 serverless.transcriber()
 t2 = time.perf_counter()
+def request(data):
+    r = serverless.handler({"body": base64.b64encode(data).decode(), "isBase64Encoded": True}, None)
+    return r["statusCode"], json.loads(r["body"])
 buf = io.BytesIO()
 with wave.open(buf, "wb") as w:
     w.setnchannels(1); w.setsampwidth(2); w.setframerate(16000); w.writeframes(bytes(32000))
-r = serverless.handler({"body": base64.b64encode(buf.getvalue()).decode(), "isBase64Encoded": True}, None)
+status, body = request(buf.getvalue())
 t3 = time.perf_counter()
-assert r["statusCode"] == 200, r
-files = {m: sys.modules[m].__file__ for m in ("proslushka.serverless", "numpy", "onnxruntime")}
-print(json.dumps({"import": t1 - t0, "session": t2 - t1, "request": t3 - t2, "files": files,
+assert status == 200, body
+answers = {}
+for path in sys.argv[2:]:
+    with open(path, "rb") as f:
+        answers[os.path.basename(path)] = request(f.read())
+files = {m: sys.modules[m].__file__ for m in ("proslushka.serverless", "numpy", "onnxruntime", "soundfile")}
+print(json.dumps({"import": t1 - t0, "session": t2 - t1, "request": t3 - t2, "files": files, "answers": answers,
                   "ffmpeg": os.environ.get("PROSLUSHKA_FFMPEG"), "torch": "torch" in sys.modules}))
 """
+SMOKE_CLIP = PACKAGE.parent / "samples" / "portret.opus"
+SMOKE_CODECS = {"opus": None, "ogg": "libvorbis", "wav": "pcm_s16le", "mp3": "libmp3lame", "m4a": "aac"}
 
 
-def smoke_test(folder: Path, isolated: bool = True) -> dict:
-    """Run the unzipped bundle in a fresh Python: import, model load, a first request (1 s of silence).
+def smoke_clips(folder: Path) -> list[Path]:
+    """samples/portret.opus as opus, ogg (Vorbis), wav, mp3 and m4a (48 kHz, as ffmpeg decodes Opus), encoded with
+    the ffmpeg that transcription uses here: the bundle must read each."""
+    from .audio import ffmpeg_path
 
-    isolated: no site-packages, so numpy and onnxruntime must come from the bundle (then it only works when the
+    paths = []
+    for ext, codec in SMOKE_CODECS.items():
+        path = folder / f"portret.{ext}"
+        if codec is None:
+            shutil.copy2(SMOKE_CLIP, path)
+        else:
+            cmd = [ffmpeg_path(), "-nostdin", "-v", "error", "-i", str(SMOKE_CLIP), "-c:a", codec, str(path)]
+            subprocess.run(cmd, check=True, capture_output=True)
+        paths.append(path)
+    return paths
+
+
+def smoke_test(folder: Path, clips: list[Path] = (), isolated: bool = True) -> dict:
+    """Run the unzipped bundle in a fresh Python: import, model load, a first request (1 s of silence), then one
+    request for each of `clips`.
+
+    isolated: no site-packages, so the dependencies must come from the bundle (then it only works when the
     bundle was built for this Python). Returns the seconds of "import", "session", "request" and the whole
-    "process", and the files the modules came from.
+    "process", the files the modules came from, and the (status, body) "answers" by clip name.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROSLUSHKA_")}
-    cmd = [sys.executable, *(["-I", "-S"] if isolated else []), "-c", SMOKE, str(folder)]
+    cmd = [sys.executable, *(["-I", "-S"] if isolated else []), "-c", SMOKE, str(folder), *map(str, clips)]
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder)
     wall = time.perf_counter() - t
@@ -168,28 +200,41 @@ def smoke_test(folder: Path, isolated: bool = True) -> dict:
     return {**json.loads(r.stdout), "process": wall}
 
 
+def check_answers(answers: dict[str, list]) -> list[str]:
+    """One line per clip; raises RuntimeError if any was refused or came back empty."""
+    lines = []
+    for name, (status, body) in answers.items():
+        if status != 200 or not body.get("text"):
+            raise RuntimeError(f"the bundle failed on {name}: HTTP {status} {body}")
+        lines.append(f"  {name}: {body['duration']:.2f} s, {body['text']!r}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", default="dist/lambda.zip", help="zip to write (default: %(default)s)")
     p.add_argument("--model", default="models/demo.onnx", help="ONNX model from export.py (default: %(default)s)")
-    p.add_argument("--ffmpeg", help=f"a static Linux x86_64 ffmpeg (default: {SMALL_FFMPEG} if there, as "
-                   "tools/build_ffmpeg.sh makes it, else the one transcription uses here)")
+    p.add_argument("--ffmpeg", default=SMALL_FFMPEG, help="a static Linux x86_64 ffmpeg for the formats libsndfile "
+                   "does not read (default: %(default)s, as tools/build_ffmpeg.sh makes it)")
+    p.add_argument("--no_ffmpeg", action="store_true", help="leave ffmpeg out: the bundle then reads only wav, flac, "
+                   "ogg, opus and mp3 (libsndfile's formats)")
     p.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
                    help="the Lambda runtime's Python version (default: this one, %(default)s)")
-    p.add_argument("--site_packages", action="store_true", help="copy the installed numpy and onnxruntime "
-                   "instead of downloading wheels (then --python must be this Python's version)")
+    p.add_argument("--site_packages", action="store_true", help="copy the installed dependencies instead of "
+                   "downloading wheels (then --python must be this Python's version)")
     args = p.parse_args(argv)
 
-    from .audio import ffmpeg_path
-
     model = Path(args.model)
-    ffmpeg = Path(args.ffmpeg or (SMALL_FFMPEG if Path(SMALL_FFMPEG).is_file() else ffmpeg_path()))
+    ffmpeg = None if args.no_ffmpeg else Path(args.ffmpeg)
     this_python = args.python == f"{sys.version_info.major}.{sys.version_info.minor}"
-    for path, what in ((model, "model"), (ffmpeg, "ffmpeg")):
-        if not path.is_file():
-            print(f"error: {path}: no such {what} file", file=sys.stderr)
-            return 2
-    if ffmpeg.read_bytes()[:4] != b"\x7fELF":
+    if not model.is_file():
+        print(f"error: {model}: no such model file", file=sys.stderr)
+        return 2
+    if ffmpeg and not ffmpeg.is_file():
+        print(f"error: {ffmpeg}: no such ffmpeg file; build it with tools/build_ffmpeg.sh (or --no_ffmpeg for a "
+              "bundle that reads only wav, flac, ogg, opus and mp3)", file=sys.stderr)
+        return 2
+    if ffmpeg and ffmpeg.read_bytes()[:4] != b"\x7fELF":
         print(f"error: {ffmpeg}: not a Linux executable", file=sys.stderr)
         return 2
     if args.site_packages and not (this_python and sys.platform == "linux"):
@@ -203,16 +248,23 @@ def main(argv: list[str] | None = None) -> int:
         by_entry = sizes(folder)
         total = sum(by_entry.values())
         if this_python and sys.platform == "linux":
-            t = smoke_test(folder)
+            try:
+                with tempfile.TemporaryDirectory() as clips:
+                    names = [c for c in smoke_clips(Path(clips)) if ffmpeg or c.suffix != ".m4a"]
+                    t = smoke_test(folder, names)
+                lines = check_answers(t["answers"])
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+                print(f"error: smoke test: {e}", file=sys.stderr)
+                return 1
             print(f"smoke test (cold start): import {t['import']:.2f} s, model load {t['session']:.2f} s, "
-                  f"first request {t['request']:.2f} s; the whole process {t['process']:.2f} s")
+                  f"first request {t['request']:.2f} s; the whole process {t['process']:.2f} s", *lines, sep="\n")
         write_zip(folder, Path(args.output))
     zipped = Path(args.output).stat().st_size
     print(f"wrote {args.output}: {zipped / 1e6:.1f} MB zipped, {total / 1e6:.1f} MB unzipped "
           f"(Lambda's limit: {LAMBDA_LIMIT / 1e6:.0f} MB); handler: proslushka.serverless.handler")
     print("  " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in by_entry.items()))
     if total > LAMBDA_LIMIT:
-        print("warning: too big for Lambda; pass a small ffmpeg (tools/build_ffmpeg.sh)", file=sys.stderr)
+        print("warning: too big for Lambda", file=sys.stderr)
         return 1
     return 0
 

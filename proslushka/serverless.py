@@ -3,9 +3,11 @@
 Handler: proslushka.serverless.handler. The request is the audio itself as a base64 body (API Gateway's binary
 media), JSON {"audio_base64": "..."} (as the body, or as the whole event for a direct invocation), or base64 text.
 The model loads once per container, during Lambda's init phase, and serves every request after. Bad input gets
-a 400 with a one-line reason; anything else a 500 that says nothing of the internals (the traceback is logged).
-In the bundle (proslushka.bundle) model.onnx and bin/ffmpeg lie beside this package; PROSLUSHKA_MODEL and
-PROSLUSHKA_FFMPEG override them.
+a 400 with a one-line reason, a body or audio over the limits a 413 with one; anything else a 500 that says
+nothing of the internals (the traceback is logged). Limits: PROSLUSHKA_MAX_BODY_MB (default 6, Lambda's own
+payload limit) and PROSLUSHKA_MAX_SECONDS of audio (default 600); decoding stops at the limit, so memory stays
+bounded by it whatever the file claims. In the bundle (proslushka.bundle) model.onnx and bin/ffmpeg lie beside this
+package; PROSLUSHKA_MODEL and PROSLUSHKA_FFMPEG override them.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .audio import AudioError, load_audio_bytes
+from .audio import AudioError, AudioTooLongError, load_audio_bytes
 from .formats import as_dict
 from .infer import Transcriber
 
 ROOT = Path(__file__).resolve().parent.parent  # the bundle's root
 log = logging.getLogger(__name__)
+LIMITS = {"PROSLUSHKA_MAX_BODY_MB": 6.0, "PROSLUSHKA_MAX_SECONDS": 600.0}  # the defaults
 
 if (ROOT / "bin" / "ffmpeg").is_file():
     os.environ.setdefault("PROSLUSHKA_FFMPEG", str(ROOT / "bin" / "ffmpeg"))
@@ -33,6 +36,22 @@ _transcriber: Transcriber | None = None
 
 class RequestError(ValueError):
     """A request that carries no usable audio; the message says why."""
+
+
+class BodyTooLargeError(RequestError):
+    """A body over PROSLUSHKA_MAX_BODY_MB (HTTP 413)."""
+
+
+def limit(name: str) -> float:
+    """A limit from the environment (read per request, so a changed configuration applies at once)."""
+    raw = os.environ.get(name) or str(LIMITS[name])
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{name}={raw!r} is not a positive number")
+    return value
 
 
 def transcriber() -> Transcriber:
@@ -51,7 +70,16 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         log.exception("cannot load the model")
         return response(500, {"error": "the model could not be loaded"})
     try:
-        audio = load_audio_bytes(audio_bytes(event), "request", tr.sample_rate)
+        max_bytes, max_seconds = limit("PROSLUSHKA_MAX_BODY_MB") * 1e6, limit("PROSLUSHKA_MAX_SECONDS")
+    except ValueError as e:
+        log.error("bad configuration: %s", e)
+        return response(500, {"error": "the function's limits are misconfigured"})
+    try:
+        audio = load_audio_bytes(audio_bytes(event, max_bytes), "request", tr.sample_rate, max_seconds)
+    except BodyTooLargeError as e:
+        return response(413, {"error": str(e)})
+    except AudioTooLongError as e:
+        return response(413, {"error": f"{e} (PROSLUSHKA_MAX_SECONDS)"})
     except (RequestError, AudioError) as e:
         return response(400, {"error": str(e)})
     try:
@@ -61,13 +89,17 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         return response(500, {"error": "internal error"})
 
 
-def audio_bytes(event: Any) -> bytes:
+def audio_bytes(event: Any, max_bytes: float = LIMITS["PROSLUSHKA_MAX_BODY_MB"] * 1e6) -> bytes:
     """The audio file carried by an API Gateway event (or by a direct invocation's {"audio_base64"})."""
     if not isinstance(event, dict):
         raise RequestError("the event is not a JSON object")
+    body = event["audio_base64"] if "audio_base64" in event else event.get("body")
+    if isinstance(body, str) and len(body) > max_bytes:  # checked before anything is decoded or copied
+        raise BodyTooLargeError(
+            f"the body is {len(body) / 1e6:.1f} MB, over the limit of {max_bytes / 1e6:g} MB (PROSLUSHKA_MAX_BODY_MB)"
+        )
     if "audio_base64" in event:
         return _base64(event["audio_base64"], "audio_base64")
-    body = event.get("body")
     if not body:
         raise RequestError("empty body: send the audio (base64), or JSON with audio_base64")
     if not isinstance(body, str):

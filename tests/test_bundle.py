@@ -2,6 +2,8 @@ import os
 import stat
 import zipfile
 
+import pytest
+from conftest import ROOT
 from onnx_models import energy_onnx
 
 from proslushka import bundle
@@ -11,7 +13,9 @@ INFERENCE = {f"{m}.py" for m in ("__init__", "audio", "features", "formats", "in
 
 
 def test_the_bundle_takes_only_the_modules_the_handler_imports():
-    assert set(bundle.package_modules()) == INFERENCE  # no model, data, trainer, checkpoint, nemo (torch)
+    modules = set(bundle.package_modules())
+    assert INFERENCE <= modules
+    assert not modules & {f"{m}.py" for m in ("model", "data", "trainer", "checkpoint", "nemo", "onnx_export")}  # torch
 
 
 def _extract(zip_path, folder):
@@ -29,10 +33,34 @@ def test_a_bundle_without_dependencies_runs_its_handler(tmp_path):
     bundle.stage(tmp_path / "stage", energy_onnx(tmp_path), ffmpeg, python=None, site_packages=False)
     bundle.write_zip(tmp_path / "stage", tmp_path / "lambda.zip")
     names = set(zipfile.ZipFile(tmp_path / "lambda.zip").namelist())
-    assert names == {"model.onnx", "bin/ffmpeg"} | {f"proslushka/{m}" for m in INFERENCE}
+    assert names == {"model.onnx", "bin/ffmpeg"} | {f"proslushka/{m}" for m in bundle.package_modules()}
 
     _extract(tmp_path / "lambda.zip", tmp_path / "task")
     assert os.stat(tmp_path / "task" / "bin" / "ffmpeg").st_mode & stat.S_IXUSR
     result = bundle.smoke_test(tmp_path / "task", isolated=False)  # numpy and onnxruntime from this environment
     assert result["files"]["proslushka.serverless"].startswith(str(tmp_path / "task"))
     assert result["ffmpeg"] == str(tmp_path / "task" / "bin" / "ffmpeg") and not result["torch"]
+
+
+SMALL_FFMPEG = ROOT / bundle.SMALL_FFMPEG
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CI") and not SMALL_FFMPEG.is_file(),
+    reason="needs tools/build_ffmpeg.sh's ffmpeg (.ci/run builds it)",
+)
+def test_the_real_bundle_fits_lambda_and_answers(tmp_path, capsys):
+    out = tmp_path / "lambda.zip"
+    args = ["-o", str(out), "--model", str(ROOT / "models" / "demo.onnx"), "--ffmpeg", str(SMALL_FFMPEG)]
+    assert bundle.main([*args, "--site_packages"]) == 0  # its smoke test: opus, ogg, wav, mp3 and m4a
+    printed = capsys.readouterr().out
+    assert all(f"portret.{ext}: 3.0" in printed for ext in ("opus", "ogg", "wav", "mp3", "m4a")), printed
+
+    _extract(out, tmp_path / "task")
+    unpacked = sum(p.stat().st_size for p in (tmp_path / "task").rglob("*") if p.is_file())
+    assert unpacked <= 120e6, unpacked
+    clip = ROOT / "samples" / "portret.opus"
+    result = bundle.smoke_test(tmp_path / "task", [clip])  # isolated: only the bundle's own packages
+    ((status, body),) = result["answers"].values()
+    assert status == 200 and body["text"] and abs(body["duration"] - 3.01) < 0.01
+    assert all(f.startswith(str(tmp_path / "task")) for f in result["files"].values()) and not result["torch"]

@@ -1,23 +1,44 @@
+import subprocess
 import tracemalloc
 
 import numpy as np
 import pytest
+import soundfile as sf
+import soxr
 from conftest import AUDIO, CLIPS
 from onnx_models import bursts, energy_onnx, write_wav
 
-from proslushka import segment
-from proslushka.audio import AudioError, load_audio
+from proslushka import audio
+from proslushka.audio import AudioError, ffmpeg_path, load_audio
 from proslushka.infer import Transcriber
 from proslushka.segment import pause_cut, split, stream_audio
 
 FRAME = 320  # samples per model output frame: hop 160 × stride 2
 
 
-@pytest.mark.parametrize("name", ["utt2.wav", "utt2.opus"])
-def test_streamed_blocks_equal_the_whole_decode(name):
-    blocks = list(stream_audio(AUDIO / name, block_seconds=0.5))
+@pytest.fixture(scope="module")
+def m4a(tmp_path_factory):
+    """utt2 as AAC in MP4: a format libsndfile does not read, so ffmpeg decodes it."""
+    path = tmp_path_factory.mktemp("m4a") / "utt2.m4a"
+    subprocess.run([ffmpeg_path(), "-v", "error", "-i", AUDIO / "utt2.wav", "-c:a", "aac", path], check=True)
+    return path
+
+
+@pytest.mark.parametrize("name", ["utt2.wav", "utt2.opus", "m4a"])
+def test_streamed_blocks_equal_the_whole_decode(name, m4a):
+    path = m4a if name == "m4a" else AUDIO / name
+    blocks = list(stream_audio(path, block_seconds=0.5))
     assert len(blocks) == 8 and all(len(b) == 8000 for b in blocks[:-1])
-    assert np.array_equal(np.concatenate(blocks), load_audio(AUDIO / name))
+    assert np.array_equal(np.concatenate(blocks), load_audio(path))
+
+
+def test_streamed_resampling_equals_resampling_the_whole(tmp_path):
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, 44100 * 3 + 7).astype(np.float32)
+    sf.write(tmp_path / "a.wav", x, 44100, subtype="FLOAT")
+    blocks = list(stream_audio(tmp_path / "a.wav", block_seconds=0.3))
+    whole = soxr.resample(x, 44100, 16000, "HQ")  # librosa.resample(res_type="soxr_hq") before its length fix
+    assert len(blocks) > 10 and sum(map(len, blocks)) == -(-len(x) * 16000 // 44100)  # ceil, as librosa
+    assert np.array_equal(np.concatenate(blocks)[: len(whole)], whole)
 
 
 def test_stream_errors_name_the_file(tmp_path):
@@ -28,15 +49,33 @@ def test_stream_errors_name_the_file(tmp_path):
             list(stream_audio(tmp_path / name))
 
 
-def test_stopping_early_leaves_no_ffmpeg_behind(monkeypatch):
+def test_stopping_early_leaves_no_ffmpeg_behind(monkeypatch, m4a):
     started = []
-    popen = segment.subprocess.Popen
-    monkeypatch.setattr(segment.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
-    stream = stream_audio(AUDIO / "utt3.opus", block_seconds=0.1)
+    popen = audio.subprocess.Popen
+    monkeypatch.setattr(audio.subprocess, "Popen", lambda *a, **k: started.append(popen(*a, **k)) or started[-1])
+    stream = stream_audio(m4a, block_seconds=0.1)
     next(stream)
     assert started[0].poll() is None  # ffmpeg is still decoding
     stream.close()
     assert started[0].returncode is not None  # killed and reaped, not left running or a zombie
+
+
+def test_streaming_memory_does_not_grow_with_length(tmp_path):
+    block = (np.random.default_rng(0).standard_normal(160000) * 3000).astype(np.int16)  # 10 s
+
+    def run(minutes):
+        with sf.SoundFile(tmp_path / f"{minutes}.wav", "w", 16000, 1, subtype="PCM_16") as f:
+            for _ in range(6 * minutes):
+                f.write(block)
+        tracemalloc.start()
+        n = sum(len(b) for b in stream_audio(tmp_path / f"{minutes}.wav"))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return n, peak
+
+    (n1, peak1), (n8, peak8) = run(1), run(8)
+    assert n8 == 8 * n1 == 8 * 60 * 16000
+    assert peak8 < peak1 * 1.2 < 3e6  # a block or two of 10 s (0.64 MB as float32), whatever the length
 
 
 def test_pause_cut_picks_the_middle_of_the_longest_pause():
@@ -94,7 +133,7 @@ def test_long_audio_gives_the_clips_transcripts_at_their_offsets(tmp_path):
     long, offsets = _concatenation(clips, 75)
     path = write_wav(tmp_path / "long.wav", long)
 
-    got = tr.transcribe_path(path, max_seconds=20)  # streamed from ffmpeg and cut into at least four chunks
+    got = tr.transcribe_path(path, max_seconds=20)  # streamed from the decoder and cut into at least four chunks
     want = [(w.word, w.start + o / 16000, w.end + o / 16000) for i, o in enumerate(offsets) for w in alone[i % 3].words]
     assert [w.word for w in got.words] == [w for w, _, _ in want]
     assert np.abs(np.array([(w.start, w.end) for w in got.words]) - [(a, b) for _, a, b in want]).max() < 1e-6

@@ -2,8 +2,11 @@ import base64
 import json
 import subprocess
 import sys
+import tracemalloc
 
+import numpy as np
 import pytest
+import soundfile as sf
 from conftest import AUDIO, ROOT
 from onnx_models import bursts, energy_onnx, write_wav
 
@@ -77,6 +80,37 @@ def test_compressed_audio(model):
 def test_bad_requests_get_400_with_a_reason(model, event, reason):
     status, body = call(event)
     assert status == 400 and reason in body["error"] and "\n" not in body["error"]
+
+
+def test_a_body_over_the_limit_gets_413(model, wav, monkeypatch):
+    monkeypatch.setenv("PROSLUSHKA_MAX_BODY_MB", "0.01")  # the 2 s WAV is 64 kB, 85 kB as base64
+    for event in (api_gateway(base64.b64encode(wav).decode(), True), {"audio_base64": base64.b64encode(wav).decode()}):
+        status, body = call(event)
+        assert status == 413 and "over the limit of 0.01 MB (PROSLUSHKA_MAX_BODY_MB)" in body["error"]
+
+
+def test_audio_over_the_duration_limit_gets_413_in_bounded_memory(model, wav, monkeypatch, tmp_path):
+    monkeypatch.setenv("PROSLUSHKA_MAX_SECONDS", "1.5")
+    status, body = call({"audio_base64": base64.b64encode(wav).decode()})
+    assert status == 413 and "longer than the limit of 1.5 s (PROSLUSHKA_MAX_SECONDS)" in body["error"]
+
+    with sf.SoundFile(tmp_path / "silence.opus", "w", 16000, 1, format="OGG", subtype="OPUS") as f:
+        for _ in range(18):  # 3 minutes of silence: a few kB
+            f.write(np.zeros(160000, np.int16))
+    monkeypatch.setenv("PROSLUSHKA_MAX_SECONDS", "60")
+    tracemalloc.start()
+    status, body = call({"audio_base64": base64.b64encode((tmp_path / "silence.opus").read_bytes()).decode()})
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert status == 413 and "180 s of audio" in body["error"]
+    assert peak < 5e6  # refused from the header: nothing decoded (all of it would be 11.5 MB as float32)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots"])
+def test_a_misconfigured_limit_is_a_500_that_is_logged(model, wav, monkeypatch, caplog, value):
+    monkeypatch.setenv("PROSLUSHKA_MAX_SECONDS", value)
+    status, body = call({"audio_base64": base64.b64encode(wav).decode()})
+    assert status == 500 and "misconfigured" in body["error"] and "PROSLUSHKA_MAX_SECONDS" in caplog.text
 
 
 def test_the_model_loads_once_per_container(model, wav, monkeypatch):

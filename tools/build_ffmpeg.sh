@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # A small static ffmpeg that only decodes audio (about 3 MB instead of imageio-ffmpeg's 170 MB), for the
-# serverless bundle: python -m proslushka.bundle --ffmpeg build/ffmpeg/ffmpeg ...
+# serverless bundle: the formats libsndfile does not read (m4a/aac, amr, wma, video containers) go through it.
 # Fully static (glibc included), so it runs on Lambda's Amazon Linux whatever glibc this machine has.
 # LGPL: no --enable-gpl and no external libraries; every decoder below is FFmpeg's own.
-# usage: tools/build_ffmpeg.sh [ffmpeg-X.Y.tar.xz] [out_dir]    (default: Debian's source via `apt-get source`)
+# usage: tools/build_ffmpeg.sh [ffmpeg-X.Y.tar.xz] [out_dir]    (default: the distribution's FFmpeg source via apt)
+# Needs gcc, make and xz (Debian/Ubuntu: apt-get install build-essential xz-utils); about 4 minutes on 2 cores.
 set -euo pipefail
 src=${1:-}
 out=$(realpath -m "${2:-build/ffmpeg}")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-if [ -z "$src" ]; then  # needs a deb-src line in the apt sources
-    (cd "$work" && apt-get source --download-only -q ffmpeg >/dev/null)
+for tool in cc make xz; do
+    command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install build-essential xz-utils)" >&2; exit 2; }
+done
+
+if [ -z "$src" ]; then
+    # The machine's own apt sources, turned into deb-src ones in a throwaway apt configuration: nothing under
+    # /etc/apt or /var/lib/apt is touched, and no hand-edited source line is needed.
+    apt="$work/apt"
+    mkdir -p "$apt/parts" "$apt/lists/partial"
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] && sed -n 's/^deb /deb-src /p' "$f" >>"$apt/parts/src.list"
+    done
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] && sed 's/^Types:.*$/Types: deb-src/' "$f" >"$apt/parts/$(basename "$f")"
+    done
+    opts=(-o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$apt/parts" -o "Dir::State::Lists=$apt/lists"
+          -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache=" -o "APT::Sandbox::User=root" -q)
+    apt-get "${opts[@]}" update >/dev/null
+    (cd "$work" && apt-get "${opts[@]}" source --download-only ffmpeg >/dev/null)
     src=$(ls "$work"/ffmpeg_*.orig.tar.xz)
 fi
 tar -xf "$src" -C "$work"

@@ -29,6 +29,7 @@ class Item:
     path: str  # the audio file
     name: Path  # where its output goes under --output_dir (without the format's extension)
     ref: str | None = None  # the manifest's text, normalized
+    where: str = ""  # "manifest:line" for a manifest row, so an error names the row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--max_chunk_seconds", type=float, default=20.0, help="cut long audio at pauses into chunks "
                    "at most this long (default: %(default)s)")
+    p.add_argument("--keep_silence", action="store_true", help="feed pauses to the model too (by default long "
+                   "audio is cut into chunks of speech and pauses over ~0.6 s are left out)")
     p.add_argument("--max_words_per_line", type=int, default=None, help="srt/vtt: at most this many words a cue")
     p.add_argument("--report", help="with --manifest rows that have text: print WER/CER and write per-utterance "
                    "errors, the worst first, to this TSV file (transcripts then go only there, unless -o/--output_dir)")
@@ -67,11 +70,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from proslushka.audio import AudioError
     from proslushka.decode import DecoderError
-    from proslushka.files import atomic_write
+    from proslushka.files import atomic_write, check_writable
     from proslushka.formats import render
     from proslushka.infer import ModelError, Transcriber
     from proslushka.manifest import ManifestError
 
+    try:  # every output is checked before any work, so a typo costs seconds, not an hour of transcription
+        for out in filter(None, (args.output, args.report)):
+            check_writable(out)
+        if args.output_dir:
+            check_writable(Path(args.output_dir) / "probe")
+    except OSError as e:
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     try:
         items, problems = collect(args.inputs, args.manifest)
     except ManifestError as e:
@@ -88,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: several inputs would write {out_dir / clash[0]}; give them separately", file=sys.stderr)
             return 2
     try:
-        tr = Transcriber(args.model, threads=args.threads)
+        tr = Transcriber(args.model, threads=args.threads, skip_silence=not args.keep_silence)
         setup_decoder(tr, args)
     except (ModelError, DecoderError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -101,12 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         if bar:
             bar.update()
         if isinstance(result, AudioError):
-            say(str(result), bar)
+            say(f"{item.where}: {result}" if item.where else str(result), bar)
             failed += 1
             continue
         text = render(result, args.format, args.max_words_per_line, audio_filepath=item.path)
         if out_dir:
-            atomic_write(out_dir / out_name(item, args.format), text)
+            try:
+                atomic_write(out_dir / out_name(item, args.format), text)
+            except OSError as e:  # a full disk midway: this output is lost, not the others
+                say(f"{out_dir / out_name(item, args.format)}: cannot write ({e.strerror})", bar)
+                failed += 1
         elif args.output:
             texts.append(text)
         elif not args.report:  # with --report the hypotheses are in the report file
@@ -116,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
             scored.append((item.path, item.ref, result.text))
     if bar:
         bar.close()
-    if args.output:
-        atomic_write(args.output, "".join(texts))
-    if args.report:
-        summary, table = report(scored)
-        atomic_write(args.report, table)
-        print(f"{summary}; {failed} inputs failed, not scored" if failed else summary, file=sys.stderr)
+    try:
+        if args.output:
+            atomic_write(args.output, "".join(texts))
+        if args.report:
+            summary, table = report(scored)
+            atomic_write(args.report, table)
+            print(f"{summary}; {failed} inputs failed, not scored" if failed else summary, file=sys.stderr)
+    except OSError as e:
+        print(f"error: {e.filename or args.output or args.report}: cannot write ({e.strerror})", file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 
@@ -148,8 +167,12 @@ def collect(inputs: list[str], manifest: str | None) -> tuple[list[Item], list[s
     items, problems = [], []
     for arg in inputs:
         path = Path(arg)
-        if path.is_dir():
-            found = [f for f in sorted(path.rglob("*")) if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()]
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # e.g. a name too long for the file system: reading it as a file reports that file alone
+            is_dir = False
+        if is_dir:
+            found = audio_files(path, problems)
             items += [Item(str(f), f.relative_to(path)) for f in found]
             if not found:
                 problems.append(f"{arg}: no audio files in the folder")
@@ -160,6 +183,20 @@ def collect(inputs: list[str], manifest: str | None) -> tuple[list[Item], list[s
         items += more
         problems += bad
     return items, problems
+
+
+def audio_files(folder: Path, problems: list[str]) -> list[Path]:
+    """Audio files under `folder`, recursively, sorted; a sub-folder that cannot be read is a problem, not a skip."""
+    import os
+
+    def unreadable(e: OSError) -> None:
+        problems.append(f"{e.filename}: cannot read the folder ({e.strerror})")
+
+    found = []
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        dirs.sort()
+        found += [Path(root) / f for f in files if Path(f).suffix.lower() in AUDIO_EXTENSIONS]
+    return sorted(f for f in found if f.is_file())
 
 
 def manifest_items(manifest: str) -> tuple[list[Item], list[str]]:
@@ -178,7 +215,8 @@ def manifest_items(manifest: str) -> tuple[list[Item], list[str]]:
         rel = Path(audio)
         name = rel if not rel.is_absolute() and ".." not in rel.parts else Path(rel.name)
         text = row.get("text")
-        items.append(Item(str(folder / rel), name, normalize(text) if isinstance(text, str) else None))
+        ref = normalize(text) if isinstance(text, str) else None
+        items.append(Item(str(folder / rel), name, ref, f"{manifest}:{line}"))
     return items, bad
 
 

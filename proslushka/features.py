@@ -51,6 +51,21 @@ class FeatureConfig:
             self.valid_frames = "ceil" if self.pad_mode == "reflect" else "floor"
         if self.valid_frames not in VALID_FRAMES:
             raise ValueError(f"valid_frames must be one of {', '.join(VALID_FRAMES)}, not {self.valid_frames!r}")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Bounds that every use relies on: a sample rate of 0 or a window longer than n_fft gives NaNs or garbage."""
+        for name, lo, hi in (("sample_rate", 1000, 192000), ("n_fft", 2, 32768), ("n_mels", 1, 512),
+                             ("window_size", 1e-4, 1.0), ("window_stride", 1e-4, 1.0), ("preemph", 0.0, 1.0),
+                             ("dither", 0.0, 1.0), ("log_guard", 1e-30, 1.0), ("pad_to", 0, 4096),
+                             ("lowfreq", 0.0, 96000.0)):  # fmt: skip
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be a number from {lo:g} to {hi:g}, not {v!r}")
+        if not 1 <= self.hop_length <= self.win_length <= self.n_fft:
+            raise ValueError(f"need 1 <= hop ({self.hop_length}) <= window ({self.win_length}) <= n_fft ({self.n_fft})")
+        if self.highfreq is not None and not self.lowfreq < self.highfreq <= self.sample_rate / 2:
+            raise ValueError(f"highfreq must lie between lowfreq and half the sample rate, not {self.highfreq!r}")
 
     @property
     def win_length(self) -> int:
@@ -65,6 +80,8 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureConfig:
+        if not isinstance(d, dict):
+            raise ValueError(f"a feature config must be a mapping, not {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

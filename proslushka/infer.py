@@ -2,9 +2,10 @@
 
 Decoding is greedy, or beam search with a KenLM language model and hotwords (decode.py) when given an LM.
 
-Files are read as a stream and cut at pauses into chunks of at most ~20 s (segment.py), so an hour of audio needs
-no more memory than a minute; chunks of many files run through onnxruntime together in padded batches of similar
-lengths. Serverless-sized: numpy and onnxruntime only.
+Files are read as a stream and cut into chunks of speech of at most ~20 s (segment.py: pauses longer than ~0.6 s
+are left out, so the model never reads long silence as speech), so an hour of audio needs no more memory than a
+minute; chunks of many files run through onnxruntime together in padded batches of similar lengths.
+Serverless-sized: numpy and onnxruntime only.
 """
 
 from __future__ import annotations
@@ -22,13 +23,28 @@ from .audio import AudioError
 from .decode import BeamDecoder, DecoderError, load_settings, settings_path
 from .features import FeatureConfig, batch_numpy, log_mel_numpy
 from .segment import MAX_CHUNK_SECONDS, split, stream_audio
-from .text import ctc_collapse, decode
 
 POOL_BATCHES = 4  # chunks held for sorting by length: batch_size × this (a longer pool pads less but holds more)
 
 
 class ModelError(ValueError):
     """A model file that cannot be used; the message names the file."""
+
+
+def read_metadata(meta) -> tuple[list[str], FeatureConfig, int]:
+    """(labels, feature config, subsampling factor) from an ONNX model's metadata (onnxruntime's ModelMetadata),
+    checked: ValueError/KeyError/TypeError saying what is wrong."""
+    values = meta.custom_metadata_map
+    labels = json.loads(values["labels"])
+    if not isinstance(labels, list) or not 1 <= len(labels) <= 4096:
+        raise ValueError("labels must be a JSON list of 1 to 4096 characters")
+    if not all(isinstance(c, str) and len(c) == 1 for c in labels) or len(set(labels)) != len(labels):
+        raise ValueError("labels must be distinct single characters")
+    feature_config = FeatureConfig.from_dict(json.loads(values["feature_config"]))
+    stride = values.get("subsampling_factor", "2")
+    if not stride.isdigit() or not 1 <= int(stride) <= 64:
+        raise ValueError(f"subsampling_factor must be an integer from 1 to 64, not {stride[:20]!r}")
+    return labels, feature_config, int(stride)
 
 
 @dataclass
@@ -92,9 +108,11 @@ class Transcriber:
         lm: str | os.PathLike | None = None,
         lm_settings: dict | None = None,
         hotwords: dict[str, float] | None = None,
+        skip_silence: bool = True,
     ):
         import onnxruntime as ort
 
+        self.skip_silence = skip_silence  # False: every sample goes to the model (chunks cut at pauses only)
         path = Path(model_path)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file (export one with export.py)")
@@ -106,15 +124,14 @@ class Transcriber:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
             raise ModelError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
         try:
-            self.labels: list[str] = json.loads(meta["labels"])
-            self.feature_config = FeatureConfig.from_dict(json.loads(meta["feature_config"]))
-            self.stride = int(meta.get("subsampling_factor", 2))
+            self.labels, self.feature_config, self.stride = read_metadata(self.session.get_modelmeta())
+            width = self.session.get_outputs()[0].shape[-1]
+            if isinstance(width, int) and width != len(self.labels) + 1:
+                raise ValueError(f"the model has {width} outputs but the metadata {len(self.labels)} labels + blank")
         except (KeyError, ValueError, TypeError) as e:
-            raise ModelError(
-                f"{path}: ONNX metadata lacks labels/feature_config ({e}); export it with export.py"
-            ) from None
+            reason = str(e)[:200]
+            raise ModelError(f"{path}: unusable ONNX metadata ({reason}); export the model with export.py") from None
         self.blank = len(self.labels)
         self.sample_rate = self.feature_config.sample_rate
         self.frame_seconds = self.feature_config.window_stride * self.stride  # one output frame: 20 ms
@@ -144,11 +161,6 @@ class Transcriber:
             None, {"audio_signal": batch_numpy(list(feats)), "length": np.asarray(lengths, dtype=np.int64)}
         )
         return [out[i, : int(n)] for i, n in enumerate(out_len)]
-
-    def text_of(self, logprobs: np.ndarray) -> str:
-        if self.decoder is not None:
-            return self.decoder.text(logprobs)
-        return decode(ctc_collapse(logprobs.argmax(-1).tolist(), self.blank), self.labels)
 
     def words_of(self, logprobs: np.ndarray, offset: float = 0.0) -> list[Word]:
         """The words of one chunk's log-probs [T', V] with times in seconds, `offset` being the chunk's start."""
@@ -194,9 +206,8 @@ class Transcriber:
             job = _Job()
             jobs.append(job)
             try:
-                for start, audio in self._chunks(source, max_seconds):
+                for start, audio in self._chunks(source, max_seconds, job):
                     job.pending += 1
-                    job.samples = start + len(audio)
                     pool.append((job, start, audio))
                     if len(pool) >= pool_size:
                         self._run(pool, batch_size)
@@ -209,9 +220,20 @@ class Transcriber:
         self._run(pool, batch_size)
         yield from _finished(jobs, self.sample_rate)
 
-    def _chunks(self, source: str | os.PathLike | np.ndarray, max_seconds: float) -> Iterator[tuple[int, np.ndarray]]:
+    def _chunks(
+        self, source: str | os.PathLike | np.ndarray, max_seconds: float, job: _Job | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(first sample, samples) of each chunk of speech; job.samples counts all the source's samples."""
         blocks = [source] if isinstance(source, np.ndarray) else stream_audio(source, self.sample_rate)
-        return split(blocks, self.sample_rate, max_seconds, align=self.feature_config.hop_length * self.stride)
+
+        def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            for block in blocks:
+                if job is not None:
+                    job.samples += len(block)
+                yield block
+
+        align = self.feature_config.hop_length * self.stride
+        return split(counted(blocks), self.sample_rate, max_seconds, align=align, skip_silence=self.skip_silence)
 
     def _run(self, pool: list[tuple[_Job, int, np.ndarray]], batch_size: int) -> None:
         pool.sort(key=lambda item: len(item[2]))

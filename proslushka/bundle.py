@@ -33,6 +33,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 # soundfile needs cffi (its _cffi_backend) and typing_extensions at run time; soxr resamples what is not 16 kHz
 DEPENDENCIES = ("numpy", "onnxruntime", "soundfile", "cffi", "typing_extensions", "soxr")
+LM_DEPENDENCIES = ("flashlight-text",)  # beam search with a KenLM, when the bundle carries one
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{v}_x86_64" for v in range(24, 35)]  # Amazon Linux 2023: 2.34
 DROP = [
     "bin", "**/__pycache__", "**/tests", "**/*.pyi", "**/*.pxd", "**/*.h",
@@ -40,6 +41,9 @@ DROP = [
     "numpy/random/_examples", "numpy/random/lib", "numpy/doc",
     "onnxruntime/transformers", "onnxruntime/tools", "onnxruntime/quantization", "onnxruntime/datasets",
     "onnxruntime/capi/libonnxruntime.so*",
+    "numpy/_core/_simd.*",  # numpy's SIMD self-test module, 1.5 MB
+    # wheels cannot hold symlinks, so flashlight ships each library three times; the extensions load the .so.0
+    "flashlight/lib/text/libflashlight-text*.so", "flashlight/lib/text/libflashlight-text*.so.0.*",
 ]  # fmt: skip
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed, so that the same inputs give the same zip
 LAMBDA_LIMIT = 250_000_000
@@ -62,16 +66,20 @@ def package_modules(entry: str = "serverless") -> list[str]:
     return sorted(f"{m}.py" for m in seen)
 
 
-def stage(folder: Path, model: Path, ffmpeg: Path | None, python: str | None, site_packages: bool) -> None:
-    """Lay out the bundle's files in `folder`: the dependencies, proslushka/, model.onnx, bin/ffmpeg (if given).
+def stage(
+    folder: Path, model: Path, ffmpeg: Path | None, python: str | None, site_packages: bool, lm: Path | None = None
+) -> None:
+    """Lay out the bundle's files in `folder`: the dependencies, proslushka/, model.onnx, bin/ffmpeg (if given),
+    lm.bin with lm.words and lm.json (if given).
 
     python=None (and no site_packages) leaves the dependencies out: for tests of the layout.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    dependencies = DEPENDENCIES + (LM_DEPENDENCIES if lm else ())
     if site_packages:
-        copy_installed(folder)
+        copy_installed(folder, dependencies)
     elif python:
-        pip_wheels(folder, python)
+        pip_wheels(folder, python, dependencies)
     for pattern in DROP:
         for path in sorted(folder.glob(pattern), reverse=True):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -79,15 +87,19 @@ def stage(folder: Path, model: Path, ffmpeg: Path | None, python: str | None, si
     for name in package_modules():
         shutil.copy2(PACKAGE / name, folder / "proslushka" / name)
     shutil.copy2(model, folder / "model.onnx")
+    if lm is not None:  # serverless.py looks for lm.bin; decode.py finds lm.words and lm.json beside it
+        for src in (lm, lm.with_suffix(".words"), lm.with_suffix(".json")):
+            if src.is_file():
+                shutil.copy2(src, folder / ("lm" + src.suffix if src != lm else "lm.bin"))
     if ffmpeg is not None:
         (folder / "bin").mkdir()
         shutil.copy2(ffmpeg, folder / "bin" / "ffmpeg")
         os.chmod(folder / "bin" / "ffmpeg", 0o755)
 
 
-def pip_wheels(folder: Path, python: str) -> None:
-    """The installed versions of DEPENDENCIES as manylinux x86_64 wheels for CPython `python`, unpacked."""
-    pins = [f"{d}=={importlib.metadata.version(d)}" for d in DEPENDENCIES]
+def pip_wheels(folder: Path, python: str, dependencies: tuple[str, ...] = DEPENDENCIES) -> None:
+    """The installed versions of `dependencies` as manylinux x86_64 wheels for CPython `python`, unpacked."""
+    pins = [f"{d}=={importlib.metadata.version(d)}" for d in dependencies]
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
            "--no-compile", "--only-binary=:all:", "--target", str(folder), "--python-version", python,
            "--implementation", "cp", *pins]
@@ -96,9 +108,9 @@ def pip_wheels(folder: Path, python: str) -> None:
     subprocess.run(cmd, check=True, env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"})
 
 
-def copy_installed(folder: Path) -> None:
-    """The files of the installed DEPENDENCIES (this Python, this platform), as their RECORDs list them."""
-    for dist in DEPENDENCIES:
+def copy_installed(folder: Path, dependencies: tuple[str, ...] = DEPENDENCIES) -> None:
+    """The files of the installed `dependencies` (this Python, this platform), as their RECORDs list them."""
+    for dist in dependencies:
         d = importlib.metadata.distribution(dist)
         for f in d.files or []:
             src = Path(d.locate_file(f))
@@ -159,7 +171,8 @@ for path in sys.argv[2:]:
         answers[os.path.basename(path)] = request(f.read())
 files = {m: sys.modules[m].__file__ for m in ("proslushka.serverless", "numpy", "onnxruntime", "soundfile")}
 print(json.dumps({"import": t1 - t0, "session": t2 - t1, "request": t3 - t2, "files": files, "answers": answers,
-                  "ffmpeg": os.environ.get("PROSLUSHKA_FFMPEG"), "torch": "torch" in sys.modules}))
+                  "ffmpeg": os.environ.get("PROSLUSHKA_FFMPEG"), "torch": "torch" in sys.modules,
+                  "lm": serverless.transcriber().decoder is not None}))
 """
 SMOKE_CLIP = PACKAGE.parent / "samples" / "portret.opus"
 SMOKE_CODECS = {"opus": None, "ogg": "libvorbis", "wav": "pcm_s16le", "mp3": "libmp3lame", "m4a": "aac"}
@@ -218,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
                    "does not read (default: %(default)s, as tools/build_ffmpeg.sh makes it)")
     p.add_argument("--no_ffmpeg", action="store_true", help="leave ffmpeg out: the bundle then reads only wav, flac, "
                    "ogg, opus and mp3 (libsndfile's formats)")
+    p.add_argument("--lm", default="models/demo-lm.bin", help="a KenLM (with NAME.words and NAME.json beside it) "
+                   "for beam search in the handler, or 'none' for greedy (default: %(default)s)")
     p.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
                    help="the Lambda runtime's Python version (default: this one, %(default)s)")
     p.add_argument("--site_packages", action="store_true", help="copy the installed dependencies instead of "
@@ -225,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     model = Path(args.model)
+    lm = None if args.lm == "none" else Path(args.lm)
+    if lm is not None and not lm.is_file():
+        print(f"error: {lm}: no such language model (--lm none for a greedy bundle)", file=sys.stderr)
+        return 2
     ffmpeg = None if args.no_ffmpeg else Path(args.ffmpeg)
     this_python = args.python == f"{sys.version_info.major}.{sys.version_info.minor}"
     if not model.is_file():
@@ -242,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        stage(folder, model, ffmpeg, args.python, args.site_packages)
+        stage(folder, model, ffmpeg, args.python, args.site_packages, lm)
         if this_python:
             compile_pyc(folder)
         by_entry = sizes(folder)
@@ -256,8 +275,13 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
                 print(f"error: smoke test: {e}", file=sys.stderr)
                 return 1
-            print(f"smoke test (cold start): import {t['import']:.2f} s, model load {t['session']:.2f} s, "
-                  f"first request {t['request']:.2f} s; the whole process {t['process']:.2f} s", *lines, sep="\n")
+            if t["lm"] != (lm is not None):
+                what = "ignores the" if lm else "loads a"
+                print(f"error: smoke test: the handler {what} language model", file=sys.stderr)
+                return 1
+            print(f"smoke test (cold start): import {t['import']:.2f} s, model {'and LM ' if lm else ''}load "
+                  f"{t['session']:.2f} s, first request {t['request']:.2f} s; the whole process {t['process']:.2f} s",
+                  *lines, sep="\n")
         write_zip(folder, Path(args.output))
     zipped = Path(args.output).stat().st_size
     print(f"wrote {args.output}: {zipped / 1e6:.1f} MB zipped, {total / 1e6:.1f} MB unzipped "

@@ -7,7 +7,8 @@ a 400 with a one-line reason, a body or audio over the limits a 413 with one; an
 nothing of the internals (the traceback is logged). Limits: PROSLUSHKA_MAX_BODY_MB (default 6, Lambda's own
 payload limit) and PROSLUSHKA_MAX_SECONDS of audio (default 600); decoding stops at the limit, so memory stays
 bounded by it whatever the file claims. In the bundle (proslushka.bundle) model.onnx and bin/ffmpeg lie beside this
-package; PROSLUSHKA_MODEL and PROSLUSHKA_FFMPEG override them.
+package, and lm.bin (with lm.words and lm.json) when the bundle carries a language model for beam search;
+PROSLUSHKA_MODEL, PROSLUSHKA_LM ("none": greedy) and PROSLUSHKA_FFMPEG override them.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def transcriber() -> Transcriber:
     """The container's one Transcriber, loaded on first use."""
     global _transcriber
     if _transcriber is None:
-        _transcriber = Transcriber(os.environ.get("PROSLUSHKA_MODEL", ROOT / "model.onnx"))
+        lm = os.environ.get("PROSLUSHKA_LM") or (ROOT / "lm.bin" if (ROOT / "lm.bin").is_file() else "none")
+        model = os.environ.get("PROSLUSHKA_MODEL", ROOT / "model.onnx")
+        _transcriber = Transcriber(model, lm=None if lm == "none" else lm)
     return _transcriber
 
 

@@ -51,7 +51,8 @@ SMALL_FFMPEG = ROOT / bundle.SMALL_FFMPEG
 )
 def test_the_real_bundle_fits_lambda_and_answers(tmp_path, capsys):
     out = tmp_path / "lambda.zip"
-    args = ["-o", str(out), "--model", str(ROOT / "models" / "demo.onnx"), "--ffmpeg", str(SMALL_FFMPEG)]
+    args = ["-o", str(out), "--model", str(ROOT / "models" / "demo.onnx"), "--ffmpeg", str(SMALL_FFMPEG),
+            "--lm", str(ROOT / "models" / "demo-lm.bin")]  # fmt: skip
     assert bundle.main([*args, "--site_packages"]) == 0  # its smoke test: opus, ogg, wav, mp3 and m4a
     printed = capsys.readouterr().out
     assert all(f"portret.{ext}: 3.0" in printed for ext in ("opus", "ogg", "wav", "mp3", "m4a")), printed
@@ -64,3 +65,4 @@ def test_the_real_bundle_fits_lambda_and_answers(tmp_path, capsys):
     ((status, body),) = result["answers"].values()
     assert status == 200 and body["text"] and abs(body["duration"] - 3.01) < 0.01
     assert all(f.startswith(str(tmp_path / "task")) for f in result["files"].values()) and not result["torch"]
+    assert result["lm"]  # beam search with the demo LM, inside the 120 MB

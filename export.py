@@ -13,6 +13,14 @@ import time
 from pathlib import Path
 
 
+class ExportError(Exception):
+    """An expected failure, said in one line; code 2 for a bad argument, model or output path, 1 for bad inputs."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="models/model.pt", help="checkpoint .pt (default: %(default)s)")
@@ -24,10 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.onnx or args.calibration) and not args.quantize:
         p.error("--onnx and --calibration go with --quantize int8")
+    if not 1 <= args.calibration_clips <= 10_000:
+        p.error("--calibration_clips must be in [1, 10000]")
+    try:
+        export(args)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    return 0
 
+
+def export(args: argparse.Namespace) -> None:
     import onnx
 
     from proslushka import checkpoint, onnx_export
+    from proslushka.files import check_writable
 
     source = Path(args.onnx or args.checkpoint)
     suffix = ".int8.onnx" if args.quantize else ".onnx"
@@ -37,19 +56,25 @@ def main(argv: list[str] | None = None) -> int:
         try:
             proto = onnx.load(args.onnx)
         except Exception as e:  # onnx raises its own types for a missing or foreign file
-            print(f"error: {args.onnx}: not a readable ONNX model ({str(e).splitlines()[0][:200]})", file=sys.stderr)
-            return 1
+            raise ExportError(f"{args.onnx}: not a readable ONNX model ({str(e).splitlines()[0][:200]})", 2) from None
+        size = proto.ByteSize()
     else:
         try:
             model, feat_cfg, labels, _ = checkpoint.load_model(args.checkpoint)
         except checkpoint.CheckpointError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+            raise ExportError(str(e), 2) from None
+        size = sum(t.numel() * 4 for t in model.state_dict().values())  # fp32 weights: the bulk of the ONNX file
+    try:  # before the export, the check and the quantization, which take a while on a big model
+        check_writable(out, need_bytes=2 * size)
+    except OSError as e:
+        raise ExportError(f"{e.filename or out}: cannot write the model there ({e.strerror})", 2) from None
+    if not args.onnx:
         proto = onnx_export.to_onnx(model, feat_cfg, labels)
         diff = onnx_export.compare(model, proto)
-        if diff > 1e-4:
-            print(f"error: onnxruntime differs from torch by {diff:.2e} (> 1e-4); nothing written", file=sys.stderr)
-            return 1
+        if not diff <= 1e-4:  # NaN weights give a NaN difference
+            raise ExportError(
+                f"{args.checkpoint}: onnxruntime differs from torch by {diff:.2e} (> 1e-4); nothing written", 1
+            )
         print(f"onnxruntime vs torch on two clips of different length: max abs diff {diff:.2e}")
     if args.quantize:
         calibration = None
@@ -58,33 +83,51 @@ def main(argv: list[str] | None = None) -> int:
         int8 = onnx_export.quantize_int8(proto, calibration)
         agree = greedy_agreement(proto, int8, calibration)
         kind = f"static, calibrated on {len(calibration)} clips" if calibration else "dynamic"
-        print(f"int8 ({kind}): {int8.ByteSize() / 1e6:.1f} MB, fp32 {proto.ByteSize() / 1e6:.1f} MB; "
-              f"greedy ids agree with fp32 on {100 * agree:.1f}% of frames")
+        print(
+            f"int8 ({kind}): {int8.ByteSize() / 1e6:.1f} MB, fp32 {proto.ByteSize() / 1e6:.1f} MB; "
+            f"greedy ids agree with fp32 on {100 * agree:.1f}% of frames"
+        )
         proto = int8
-    onnx_export.save(proto, out)
-    size = out.stat().st_size / 1e6
-    print(f"wrote {out} ({size:.1f} MB, opset {onnx_export.OPSET}) in {time.time() - t0:.1f}s")
-    return 0
+    try:
+        onnx_export.save(proto, out)
+    except OSError as e:  # the disk filled up meanwhile, or a device that refuses (/dev/full): nothing half-written
+        raise ExportError(f"{out}: cannot write ({e.strerror})", 1) from None
+    if out.is_file():
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {onnx_export.OPSET}) in {time.time() - t0:.1f}s")
 
 
 def calibration_inputs(proto, manifest: str, clips: int) -> list[dict]:
-    """Model inputs (features of one clip each) from the first `clips` rows of a manifest."""
+    """Model inputs (features of one clip each) from the first `clips` usable rows of a manifest.
+
+    Raises ExportError (exit 1) for a manifest that cannot be read, or a row whose audio cannot be decoded.
+    """
     import numpy as np
 
-    from proslushka.audio import load_audio
+    from proslushka.audio import AudioError, load_audio
     from proslushka.features import FeatureConfig, log_mel_numpy
-    from proslushka.manifest import iter_manifest_rows
+    from proslushka.manifest import ManifestError, iter_manifest_rows
 
     meta = {p.key: p.value for p in proto.metadata_props}
     cfg = FeatureConfig.from_dict(json.loads(meta["feature_config"]))
     folder = Path(manifest).resolve().parent
     inputs = []
-    for _, row in iter_manifest_rows(manifest, required=("audio_filepath",)):
-        if isinstance(row, dict) and isinstance(row.get("audio_filepath"), str):
-            feats, n = log_mel_numpy(load_audio(folder / row["audio_filepath"], cfg.sample_rate), cfg)
+    try:
+        for line, row in iter_manifest_rows(manifest, required=("audio_filepath",)):
+            path = row.get("audio_filepath") if isinstance(row, dict) else None
+            if not isinstance(path, str) or not path.strip() or "\0" in path:
+                continue
+            try:
+                wave = load_audio(folder / path, cfg.sample_rate)
+            except AudioError as e:
+                raise ExportError(f"{manifest}:{line}: {e}", 1) from None
+            feats, n = log_mel_numpy(wave, cfg)
             inputs.append({"audio_signal": feats[None], "length": np.array([n], dtype=np.int64)})
-        if len(inputs) == clips:
-            break
+            if len(inputs) == clips:
+                break
+    except ManifestError as e:
+        raise ExportError(str(e), 1) from None
+    if not inputs:
+        raise ExportError(f"{manifest}: no rows with an audio_filepath to calibrate on", 1)
     return inputs
 
 

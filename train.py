@@ -79,10 +79,14 @@ def parse_args(argv: list[str] | None = None):
         "--log_every", type=int, default=d.log_every, help="steps between metric rows (default: %(default)s)"
     )
     g.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace the previous run in --out_dir (else refused without --resume)"
+    )
     return TrainConfig(**vars(p.parse_args(argv)))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when done or stopped cleanly; 2 for bad settings, a bad checkpoint or --out_dir; 1 for bad data."""
     cfg = parse_args(argv)
     from proslushka.trainer import TrainError, train
 
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return e.code
     return 0
 
 

@@ -59,12 +59,46 @@ def load_model(
 ) -> tuple[QuartzNet, FeatureConfig, list[str], dict[str, Any]]:
     """(model in eval mode, feature config, labels, the whole checkpoint dict)."""
     ckpt = load(path, map_location)
-    model, feat_cfg, labels = unpack(ckpt)
+    model, feat_cfg, labels = unpack(ckpt, os.fspath(path))
     return model.eval(), feat_cfg, labels, ckpt
 
 
-def unpack(ckpt: dict[str, Any]) -> tuple[QuartzNet, FeatureConfig, list[str]]:
-    """(model with the checkpoint's weights, feature config, labels) from a loaded checkpoint dict."""
-    model = QuartzNet(ModelConfig.from_dict(ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model, FeatureConfig.from_dict(ckpt["feature_config"]), list(ckpt["labels"])
+def unpack(ckpt: dict[str, Any], name: str = "checkpoint") -> tuple[QuartzNet, FeatureConfig, list[str]]:
+    """(model with the checkpoint's weights, feature config, labels) from a loaded checkpoint dict.
+
+    Raises CheckpointError naming `name` when the dict does not describe a model that can be built and run. The
+    model is first built on the meta device (shapes, no memory) and the weights checked against it, so a config
+    asking for a huge model cannot allocate more than the file's own tensors.
+    """
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+        why = _config_problem(cfg, ckpt["labels"])
+        if why:
+            raise CheckpointError(f"{name}: {why}")
+        with torch.device("meta"):
+            QuartzNet(cfg).load_state_dict(ckpt["model"], assign=True)  # missing, extra or misshapen weights
+        model = QuartzNet(cfg)
+        model.load_state_dict(ckpt["model"])
+        feat_cfg = FeatureConfig.from_dict(ckpt["feature_config"])
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}" if str(e) else type(e).__name__
+        raise CheckpointError(f"{name}: not a usable model ({reason})") from None
+    return model, feat_cfg, list(ckpt["labels"])
+
+
+def _config_problem(cfg: ModelConfig, labels: Any) -> str | None:
+    """What makes the model config unusable with these labels, or None (sizes are checked by the weights)."""
+    if not isinstance(labels, list | tuple) or not all(isinstance(c, str) and len(c) == 1 for c in labels):
+        return "labels are not a list of single characters"
+    if len(set(labels)) != len(labels):
+        return "labels have repeated characters"
+    if cfg.num_classes != len(labels) + 1:
+        return f"{cfg.num_classes} outputs for {len(labels)} labels (+ blank)"
+    if not cfg.blocks or cfg.feat_in < 1:
+        return "the model config has no blocks or no input features"
+    for i, b in enumerate(cfg.blocks):
+        if min(b.filters, b.repeat, b.kernel, b.stride, b.dilation) < 1:
+            return f"block {i}: filters, repeat, kernel, stride and dilation must be at least 1"
+    return None

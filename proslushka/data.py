@@ -6,8 +6,11 @@ import hashlib
 import io
 import math
 import os
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,9 @@ from proslushka.text import LABELS, check, encode, normalize
 
 # -----------------------------------------------------------------------------
 # manifests
+
+MAX_LISTED = 1000  # bad rows listed in one error (all are counted): a wrong column makes every row bad
+MAX_PATH_CHARS = 4096  # Linux's PATH_MAX; a longer audio_filepath is a bad row, not minutes in resolve()
 
 
 @dataclass
@@ -64,40 +70,50 @@ def read_manifest(
     max_duration: float | None = None,
     skip_bad: bool = False,
     check_audio: bool = True,
+    frames_per_second: float | None = None,
 ) -> Manifest:
     """Read a NeMo JSON-lines manifest (or a .csv/.tsv with the same columns) and validate every row up front.
 
     Every bad row is collected as `manifest:line: reason`. Unless skip_bad, any bad row raises ManifestError
-    listing them all, so a long run never dies on row 900,000 of a manifest. check_audio only stats each file
-    (exists, is a file, non-empty, opens): decoding a whole corpus up front would take longer than an epoch.
-    Rows outside [min_duration, max_duration] are not errors; they are dropped and counted in `.filtered`.
+    listing them (the first MAX_LISTED), so a long run never dies on row 900,000 of a manifest. check_audio opens
+    each file and decodes its first moment (in-process for the usual formats, a fraction of a millisecond), so a
+    row pointing at a text file or a program is caught here; decoding a whole corpus would take longer than an
+    epoch. frames_per_second (the model's CTC output rate) makes a transcript longer than its audio's frames can
+    carry a bad row. Rows outside [min_duration, max_duration] are not errors; they are dropped and counted.
     """
     name = os.fspath(path)
     folder = Path(path).resolve().parent
     rows = iter_manifest_rows(path)
 
     good: list[Utterance] = []
-    bad: list[str] = []
+    bad: list[tuple[int, str]] = []
     for line, row in rows:
-        utt = _utterance(row, line, folder, labels, check_audio) if isinstance(row, dict) else row
+        utt = _utterance(row, line, folder, labels, frames_per_second) if isinstance(row, dict) else row
         if isinstance(utt, Utterance):
             good.append(utt)
         else:
-            bad.append(f"{name}:{line}: {utt}")
-    if bad and not skip_bad:
-        header = f"{len(bad)} bad row{'s' if len(bad) != 1 else ''} in {name} (skip_bad drops them):"
-        raise ManifestError("\n".join([header, *bad]))
+            bad.append((line, utt))
+    if check_audio:
+        problems = _audio_problems([u.audio_filepath for u in good])
+        bad += [(u.line, problems[u.audio_filepath]) for u in good if problems[u.audio_filepath]]
+        good = [u for u in good if not problems[u.audio_filepath]]
+    skipped = [f"{name}:{line}: {why}" for line, why in sorted(bad)]
+    if skipped and not skip_bad:
+        listed = skipped[:MAX_LISTED]
+        more = f" (the first {MAX_LISTED} listed)" if len(skipped) > MAX_LISTED else ""
+        header = f"{len(skipped)} bad row{'s' if len(skipped) != 1 else ''} in {name}{more} (skip_bad drops them):"
+        raise ManifestError("\n".join([header, *listed]))
 
     keep = [u for u in good if _within(u.duration, min_duration, max_duration)]
-    return Manifest(name, keep, bad, len(good) - len(keep))
+    return Manifest(name, keep, skipped, len(good) - len(keep))
 
 
 def _within(duration: float, lo: float | None, hi: float | None) -> bool:
     return (lo is None or duration >= lo) and (hi is None or duration <= hi)
 
 
-def _utterance(row: dict, line: int, folder: Path, labels: Sequence[str], check_audio: bool) -> Utterance | str:
-    """The row as an Utterance, or the reasons it is bad joined by '; '."""
+def _utterance(row: dict, line: int, folder: Path, labels: Sequence[str], fps: float | None) -> Utterance | str:
+    """The row as an Utterance, or the reasons it is bad joined by '; '. The audio file is checked later."""
     reasons = [f"missing field '{f}'" for f in FIELDS if f not in row]
     if row.get("offset") not in (None, "") and not _is_zero(row["offset"]):
         # NeMo rows with an offset are segments of a longer file; training on the whole file would be wrong silently
@@ -118,21 +134,32 @@ def _utterance(row: dict, line: int, folder: Path, labels: Sequence[str], check_
             why = check(text, labels)
             if why:
                 reasons.append(f"{why} in text {short(row['text'])}")
+            elif fps is not None and math.isfinite(duration):
+                need, have = ctc_frames_needed(text), int(duration * fps)
+                if need > have:
+                    reasons.append(
+                        f"text too long for its audio: {len(text)} characters need {need} CTC frames, "
+                        f"{duration:g} s gives {have}"
+                    )
 
     filepath = ""
     if "audio_filepath" in row:
-        if not isinstance(row["audio_filepath"], str) or not row["audio_filepath"].strip():
-            reasons.append(f"audio_filepath is not a path: {short(row['audio_filepath'])}")
+        value = row["audio_filepath"]
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
+            reasons.append(f"audio_filepath is not a path: {short(value)}")
+        elif len(value) > MAX_PATH_CHARS:
+            reasons.append(f"audio_filepath longer than {MAX_PATH_CHARS} characters: {short(value)}")
         else:
-            resolved = (folder / Path(row["audio_filepath"]).expanduser()).resolve()
-            filepath = str(resolved)
-            why = _audio_problem(resolved) if check_audio else None
-            if why:
-                reasons.append(why)
+            filepath = str((folder / Path(value).expanduser()).resolve())
 
     if reasons:
         return "; ".join(reasons)
     return Utterance(audio_filepath=filepath, text=text, duration=duration, line=line)
+
+
+def ctc_frames_needed(text: str) -> int:
+    """The fewest CTC output frames that can spell `text`: one per character, plus a blank between repeats."""
+    return len(text) + sum(a == b for a, b in zip(text, text[1:], strict=False))
 
 
 def _duration(value: object) -> tuple[float, str | None]:
@@ -140,29 +167,43 @@ def _duration(value: object) -> tuple[float, str | None]:
         return math.nan, f"duration is not a number: {short(value)}"
     try:
         d = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         return math.nan, f"duration is not a number: {short(value)}"
     if not math.isfinite(d) or d <= 0:
-        return math.nan, f"duration must be positive, got {value!r}"
+        return math.nan, f"duration must be positive, got {short(value)}"
     return d, None
 
 
-def _audio_problem(path: Path) -> str | None:
+def _audio_problems(paths: Sequence[str]) -> dict[str, str | None]:
+    """{path: why it cannot be trained on, or None}, each distinct file checked once, several at a time."""
+    unique = list(dict.fromkeys(paths))
+    problems: dict[str, str | None] = {}
+    # threads, not processes: libsndfile and an ffmpeg child both run outside the GIL. In chunks, so a million rows
+    # never become a million pending futures at once.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i in range(0, len(unique), 4096):
+            chunk = unique[i : i + 4096]
+            problems.update(zip(chunk, pool.map(_audio_problem, chunk), strict=True))
+    return problems
+
+
+def _audio_problem(filepath: str) -> str | None:
+    path = Path(filepath)
     try:
         st = path.stat()
     except FileNotFoundError:
         return f"audio file not found: {path}"
     except OSError as e:
         return f"audio file unreadable: {path} ({e.strerror})"
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         return f"audio path is not a file: {path}"
     if st.st_size == 0:
         return f"empty audio file: {path}"
-    try:
-        with open(path, "rb") as f:
-            f.read(1)
-    except OSError as e:
-        return f"audio file unreadable: {path} ({e.strerror})"
+    try:  # the first moment of audio: a text file, a program, a cut-off header fail here and not mid-run
+        with closing(audio.stream_audio(path, block_seconds=0.1)) as blocks:
+            next(blocks)
+    except audio.AudioError as e:
+        return f"not usable audio: {e}"
     return None
 
 
@@ -361,10 +402,11 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         return {"epoch": self.epoch, "position": self.position, **self._config()}
 
     def load_state_dict(self, state: dict) -> None:
-        changed = {k: (v, state.get(k)) for k, v in self._config().items() if state.get(k) != v}
+        # a key an older state lacks is not compared (the durations' digest came later)
+        changed = [f"{k} {v} (saved: {state[k]})" for k, v in self._config().items() if k in state and state[k] != v]
         if changed and state["position"] > 0:
             # mid-epoch, the position only means something for the very same batches
-            raise ValueError(f"cannot resume mid-epoch with a different sampler setup (now, saved): {changed}")
+            raise ValueError(f"a different sampler setup mid-epoch: {', '.join(changed)}")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
 
@@ -372,6 +414,7 @@ class DurationBucketSampler(torch.utils.data.Sampler[list[int]]):
         return {
             "seed": self.seed,
             "size": len(self.durations),
+            "durations": hashlib.sha1(self.durations.tobytes()).hexdigest()[:12],  # the same size, other clips
             "batch_size": self.batch_size,
             "batch_seconds": self.batch_seconds,
             "num_replicas": self.num_replicas,

@@ -14,6 +14,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint
+from .audio import AudioError
 from .data import AudioDataset, DurationBucketSampler, SpecAugment, collate, read_manifest
 from .features import FeatureConfig, LogMel
+from .files import check_writable, remove_stale_temps
 from .metrics import cer, wer
 from .model import QuartzNet, count_parameters, preset
 from .text import LABELS, ctc_collapse, decode
@@ -78,6 +81,7 @@ class TrainConfig:
     log_every: int = 10
     valid_samples: int = 3
     progress: bool = True
+    overwrite: bool = False  # replace a previous run's checkpoints and metrics in out_dir
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -86,7 +90,81 @@ class TrainConfig:
 
 
 class TrainError(RuntimeError):
-    """A training setup that cannot run (bad manifest, unreadable checkpoint, ...); one line for the user."""
+    """A training that cannot run or go on, said in one line (a manifest: one line per bad row).
+
+    code is the exit status: 2 for bad settings, a bad checkpoint or output folder; 1 for bad data.
+    """
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# Settings a resumed run must share with its checkpoint: they define the model, its features and its alphabet, and
+# the checkpoint's weights, optimizer and scaler state only fit them. Everything else may change on --resume and
+# takes effect from there: the schedule (lr, min_lr, warmup_steps, max_epochs, max_steps), the optimizer's
+# weight_decay and betas, augmentation, logging, workers, the validation manifest. The training data and batching
+# may change at an epoch boundary; in the middle of an epoch the sampler refuses them (its position would
+# point into other batches).
+RESUME_FIXED = ("model", "se", "init", "normalize", "labels", "amp")
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png")  # what a run writes in out_dir
+
+
+def check_config(cfg: TrainConfig) -> str | None:
+    """Every setting out of bounds, as '--name: rule' joined by '; ', or None when all are usable."""
+    bad = []
+
+    def need(ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            bad.append(f"--{name} {getattr(cfg, name)!r}: {rule}")
+
+    def finite(x: float | None) -> bool:
+        return x is not None and math.isfinite(x)
+
+    if cfg.batch_size is None and cfg.batch_seconds is None:
+        bad.append("give --batch_size, --batch_seconds or both")
+    need(cfg.batch_size is None or cfg.batch_size >= 1, "batch_size", "at least 1")
+    need(
+        cfg.batch_seconds is None or (finite(cfg.batch_seconds) and cfg.batch_seconds > 0),
+        "batch_seconds",
+        "a positive number of seconds",
+    )
+    for name in ("min_duration", "max_duration"):
+        value = getattr(cfg, name)
+        need(value is None or (finite(value) and value > 0), name, "a positive number of seconds")
+    if finite(cfg.min_duration) and finite(cfg.max_duration):
+        need(cfg.min_duration <= cfg.max_duration, "min_duration", "not above --max_duration")
+    for name in ("accumulate", "max_epochs", "save_every", "log_every"):
+        need(getattr(cfg, name) >= 1, name, "at least 1")
+    for name in ("num_workers", "warmup_steps", "rect_masks", "rect_freq", "rect_time", "valid_samples"):
+        need(getattr(cfg, name) >= 0, name, "not negative")
+    need(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", "at least 1")
+    need(cfg.stop_at_step is None or cfg.stop_at_step >= 0, "stop_at_step", "not negative")
+    need(0 <= cfg.seed < 2**32, "seed", "in [0, 2^32)")
+    need(finite(cfg.lr) and 0 < cfg.lr <= 10, "lr", "in (0, 10]")
+    need(finite(cfg.min_lr) and 0 <= cfg.min_lr <= cfg.lr, "min_lr", "in [0, --lr]")
+    need(finite(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "not negative")
+    need(len(cfg.betas) == 2 and all(finite(b) and 0 <= b < 1 for b in cfg.betas), "betas", "two numbers in [0, 1)")
+    need(finite(cfg.grad_clip) and cfg.grad_clip > 0, "grad_clip", "positive")
+    need(finite(cfg.dither) and 0 <= cfg.dither < 1, "dither", "in [0, 1)")
+    need(all(finite(r) and 0.5 <= r <= 2 for r in cfg.speed_perturb), "speed_perturb", "rates in [0.5, 2]")
+    need(
+        0 < len(cfg.labels) <= 1000 and len(set(cfg.labels)) == len(cfg.labels),
+        "labels",
+        "1 to 1000 characters, none repeated",
+    )
+    if not cfg.init and not cfg.resume:
+        try:
+            preset(cfg.model)
+        except ValueError as e:
+            bad.append(f"--model: {e}")
+    need(cfg.normalize in ("none", "per_feature"), "normalize", "none or per_feature")
+    try:
+        device = torch.device("cpu" if cfg.device == "auto" else cfg.device)
+        need(device.type != "cuda" or torch.cuda.is_available(), "device", "no CUDA device here")
+    except RuntimeError:
+        need(False, "device", "auto, cpu, cuda or cuda:N")
+    return "; ".join(bad) or None
 
 
 # --------------------------------------------------------------------------------------------------- setup
@@ -140,7 +218,7 @@ def build_model(cfg: TrainConfig, labels: list[str], log) -> tuple[QuartzNet, Fe
     try:
         model, feat_cfg, init_labels, _ = checkpoint.load_model(cfg.init)
     except checkpoint.CheckpointError as e:
-        raise TrainError(str(e)) from None
+        raise TrainError(str(e), code=2) from None
     if init_labels != labels:
         model.reset_decoder(len(labels) + 1)
         log(f"init: labels differ from {cfg.init}'s ({len(init_labels)} -> {len(labels)}): decoder re-initialized")
@@ -227,6 +305,9 @@ def threading_main() -> bool:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
+        problem = check_config(cfg)
+        if problem:
+            raise TrainError(problem, code=2)
         self.cfg = cfg
         device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         self.dist = setup_distributed(device)
@@ -236,15 +317,19 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
+        if self.dist.main:
+            self._check_out_dir()  # before anything slow: a run that cannot save is refused at once
 
         resume_ckpt = self._load_resume() if cfg.resume else None
-        self.train_set = self._manifest(cfg.train_manifest, cfg.min_duration, cfg.max_duration)
-        self.valid_set = self._manifest(cfg.valid_manifest, None, None) if cfg.valid_manifest else None
-
         if resume_ckpt is not None:
-            self.model, self.feat_cfg, self.labels = checkpoint.unpack(resume_ckpt)
+            self.model, self.feat_cfg, self.labels = self._unpack(resume_ckpt)
         else:
             self.model, self.feat_cfg = build_model(cfg, self.labels, self.log)
+        # CTC output frames per second of audio: a transcript needing more than its clip gives is a bad row
+        fps = self.feat_cfg.sample_rate / self.feat_cfg.hop_length / self.model.cfg.stride
+        self.train_set = self._manifest(cfg.train_manifest, cfg.min_duration, cfg.max_duration, fps)
+        self.valid_set = self._manifest(cfg.valid_manifest, None, None, fps) if cfg.valid_manifest else None
+
         self.model.to(self.device)
         self.feat_cfg.dither = cfg.dither
         self.features = LogMel(self.feat_cfg).to(self.device)
@@ -273,12 +358,18 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total))
         self.step, self.epoch, self.batches_done = 0, 0, 0
         self.best_wer = math.inf
         if resume_ckpt is not None:
             self._restore(resume_ckpt)
-        elif self.dist.main:
+        # Built after the restore, from this run's settings: a resumed run may change the schedule and the optimizer's
+        # settings (RESUME_FIXED). With unchanged settings this is exactly the scheduler the run had at this step.
+        for group in self.optimizer.param_groups:
+            group.update(initial_lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total), self.step - 1)
+        if self.dist.main:
+            self._prepare_out_dir()
+        if resume_ckpt is None and self.dist.main:
             self.log(
                 f"model: {cfg.model if not cfg.init else cfg.init}, {count_parameters(self.model):,} parameters; "
                 f"features normalize={self.feat_cfg.normalize}; device {self.device}"
@@ -291,11 +382,11 @@ class Trainer:
         if self.dist.main:
             print(msg, file=sys.stderr, flush=True)
 
-    def _manifest(self, path: str, lo: float | None, hi: float | None):
+    def _manifest(self, path: str, lo: float | None, hi: float | None, fps: float):
         from .data import ManifestError
 
         try:
-            m = read_manifest(path, self.labels, lo, hi, skip_bad=self.cfg.skip_bad)
+            m = read_manifest(path, self.labels, lo, hi, skip_bad=self.cfg.skip_bad, frames_per_second=fps)
         except ManifestError as e:
             raise TrainError(str(e)) from None
         self.log(m.summary())
@@ -306,25 +397,86 @@ class Trainer:
         return m
 
     def _load_resume(self) -> dict[str, Any]:
+        """The checkpoint to resume, refused (exit 2) when it is no training state or its run had other settings."""
+        name = self.cfg.resume
         try:
-            ckpt = checkpoint.load(self.cfg.resume)
+            ckpt = checkpoint.load(name)
         except checkpoint.CheckpointError as e:
-            raise TrainError(str(e)) from None
-        if "trainer" not in ckpt:
-            raise TrainError(f"{self.cfg.resume}: not a training checkpoint (no trainer state); use --init")
+            raise TrainError(str(e), code=2) from None
+        if not isinstance(ckpt.get("trainer"), dict):
+            raise TrainError(f"{name}: not a training checkpoint (no trainer state); use --init", code=2)
+        saved, now = ckpt["trainer"].get("config", {}), asdict(self.cfg)
+        differ = [f"--{k} {now[k]!r} (saved: {saved[k]!r})" for k in RESUME_FIXED if k in saved and saved[k] != now[k]]
+        if differ:
+            raise TrainError(f"{name}: the run was trained with other settings: {', '.join(differ)}", code=2)
         return ckpt
+
+    def _unpack(self, ckpt: dict[str, Any]) -> tuple[QuartzNet, FeatureConfig, list[str]]:
+        try:
+            return checkpoint.unpack(ckpt, self.cfg.resume)
+        except checkpoint.CheckpointError as e:
+            raise TrainError(str(e), code=2) from None
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         t = ckpt["trainer"]  # the model's weights came with it in checkpoint.unpack
-        self.optimizer.load_state_dict(t["optimizer"])
-        self.scheduler.load_state_dict(t["scheduler"])
-        self.scaler.load_state_dict(t["scaler"])
-        self.step, self.epoch, self.batches_done = t["step"], t["epoch"], t["batches_done"]
-        self.best_wer = t["best_wer"]
-        self.sampler.load_state_dict({**t["sampler"], "epoch": self.epoch, "position": self.batches_done})
-        self.aug_gen.set_state(t["aug_rng"])
-        set_rng_state(t["rng"][self.dist.rank] if self.dist.rank < len(t["rng"]) else t["rng"][0])
-        self.log(f"resumed {self.cfg.resume}: step {self.step}, epoch {self.epoch}, batch {self.batches_done}")
+        name = self.cfg.resume
+        try:
+            self.optimizer.load_state_dict(t["optimizer"])
+            self.scaler.load_state_dict(t["scaler"])
+            self.step, self.epoch, self.batches_done = int(t["step"]), int(t["epoch"]), int(t["batches_done"])
+            self.best_wer = float(t["best_wer"])
+            self.aug_gen.set_state(t["aug_rng"])
+            set_rng_state(t["rng"][self.dist.rank] if self.dist.rank < len(t["rng"]) else t["rng"][0])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise TrainError(f"{name}: damaged training state ({type(e).__name__}: {str(e)[:200]})", code=2) from None
+        try:
+            self.sampler.load_state_dict({**t["sampler"], "epoch": self.epoch, "position": self.batches_done})
+        except ValueError as e:
+            raise TrainError(
+                f"{name}: stopped at batch {self.batches_done} of epoch {self.epoch}, and resuming there needs the "
+                f"run's data and batching: {e} (restore them, or resume from a checkpoint saved at an epoch's end)",
+                code=2,
+            ) from None
+        self.log(f"resumed {name}: step {self.step}, epoch {self.epoch}, batch {self.batches_done}")
+
+    def _check_out_dir(self) -> None:
+        """Refuse (exit 2) an out_dir that cannot be written, or that holds another run, before any work."""
+        cfg = self.cfg
+        try:
+            check_writable(self.out / "last.pt")
+        except OSError as e:
+            raise TrainError(f"{e.filename or self.out}: cannot write there ({e.strerror})", code=2) from None
+        previous = [n for n in RUN_FILES if (self.out / n).exists()]
+        if previous and not self._resuming_here() and not cfg.overwrite:
+            raise TrainError(
+                f"{self.out}: holds a previous run ({', '.join(previous)}): --resume {self.out / 'last.pt'} continues "
+                "it, --overwrite replaces it, or choose another --out_dir",
+                code=2,
+            )
+
+    def _resuming_here(self) -> bool:
+        return bool(self.cfg.resume) and Path(self.cfg.resume).resolve().parent == self.out.resolve()
+
+    def _prepare_out_dir(self) -> None:
+        """Once everything else checked out: room for the checkpoints, a previous run replaced (--overwrite), the
+        temp files of killed saves removed, and a metrics.jsonl cut mid-line by a kill ended with a newline."""
+        state_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        need = 3 * 2 * state_bytes + (10 << 20)  # last.pt and best.pt, each weights + two AdamW moments; logs
+        try:
+            check_writable(self.out / "last.pt", need_bytes=need)
+            if self.cfg.overwrite and not self._resuming_here():
+                for name in RUN_FILES:
+                    (self.out / name).unlink(missing_ok=True)
+            for name in RUN_FILES:
+                for tmp in remove_stale_temps(self.out / name):
+                    self.log(f"removed {tmp}, left by a save that was killed")
+            self.out.mkdir(parents=True, exist_ok=True)
+            metrics = self.out / "metrics.jsonl"
+            if metrics.exists() and metrics.stat().st_size and not _ends_with_newline(metrics):
+                with open(metrics, "a", encoding="utf-8") as f:
+                    f.write("\n")
+        except OSError as e:
+            raise TrainError(f"{e.filename or self.out}: {e.strerror}", code=2) from None
 
     def state(self) -> dict[str, Any]:
         rngs = [rng_state()]
@@ -353,13 +505,23 @@ class Trainer:
     def save(self, name: str, state: dict[str, Any] | None = None) -> None:
         state = state if state is not None else self.state()  # every rank joins the RNG gather
         if self.dist.main:
-            checkpoint.save(self.out / name, state)
+            with self._writing(self.out / name):
+                checkpoint.save(self.out / name, state)
 
     def metric(self, **row: Any) -> None:
         if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"time": round(time.time(), 1), **row}, ensure_ascii=False) + "\n")
+            with self._writing(self.out / "metrics.jsonl"):
+                with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"time": round(time.time(), 1), **row}, ensure_ascii=False) + "\n")
+
+    @contextlib.contextmanager
+    def _writing(self, path: Path):
+        """A write that fails mid-run (a full disk) stops the run in one line; the checkpoints are atomic, so
+        last.pt still holds the last step saved."""
+        try:
+            yield
+        except OSError as e:
+            raise TrainError(f"{path}: cannot write ({e.strerror}); resume from {self.out / 'last.pt'}") from None
 
     def loader(self) -> torch.utils.data.DataLoader:
         # A private generator: the DataLoader must not draw its worker seeds from the global RNG, or a resumed run
@@ -420,6 +582,17 @@ class Trainer:
     # ---- the loop
 
     def fit(self) -> QuartzNet:
+        try:
+            return self._fit()
+        except AudioError as e:  # a file that changed or broke after the manifest was checked
+            message = _original_message(e)
+            # A worker's error comes back in a reference cycle with the DataLoader iterator. Clearing the frames
+            # frees the iterator now, which stops its workers; left to the garbage collector, the shutdown fails and
+            # the workers (which ignore SIGTERM, see _ignore_signals) block the interpreter's exit.
+            traceback.clear_frames(e.__traceback__)
+        raise TrainError(f"{message}; resume from {self.out / 'last.pt'} once it is fixed")
+
+    def _fit(self) -> QuartzNet:
         cfg = self.cfg
         with StopFlag() as flag:
             while self.epoch < cfg.max_epochs and not self._done():
@@ -449,7 +622,7 @@ class Trainer:
                     m.eval()
         total = len(self.sampler)
         bar = _progress(total, self.batches_done, f"epoch {self.epoch}", cfg.progress and self.dist.main)
-        micro, utts, loss_sum, seconds, t0 = 0, 0, 0.0, 0.0, time.time()
+        micro, utts, tokens, loss_sum, seconds, t0 = 0, 0, 0, 0.0, 0.0, time.time()
         for batch in self.loader():
             self.batches_done += 1
             micro += 1
@@ -459,12 +632,13 @@ class Trainer:
                 loss, _, _ = self.forward_loss(batch)
                 self.scaler.scale(loss).backward()
             utts += batch[0].shape[0]
+            tokens += int(batch[3].sum())
             loss_sum += loss.item()
             seconds += batch[1].sum().item() / self.feat_cfg.sample_rate
             if not last_of_step:
                 continue
             norm = self.optimizer_step(utts)
-            avg = loss_sum / utts
+            avg = loss_sum / max(tokens, 1)  # per target token: comparable across clip lengths
             rate = seconds * self.dist.world / max(time.time() - t0, 1e-9)
             lr = self.scheduler.get_last_lr()[0]
             if bar is not None:
@@ -472,7 +646,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{avg:.3f}", lr=f"{lr:.2e}", audio_s_per_s=f"{rate:.1f}")
             if self.step % cfg.log_every == 0:
                 self.metric(step=self.step, epoch=self.epoch, loss=avg, lr=lr, grad_norm=norm, audio_s_per_s=rate)
-            micro, utts, loss_sum, seconds, t0 = 0, 0, 0.0, 0.0, time.time()
+            micro, utts, tokens, loss_sum, seconds, t0 = 0, 0, 0, 0.0, 0.0, time.time()
             if self.step % cfg.save_every == 0:
                 self.save("last.pt")
             stop = flag.stop or self._done()
@@ -490,7 +664,7 @@ class Trainer:
 
     def end_epoch(self) -> None:
         row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
-        if self.valid_set is not None:
+        if self.valid_set is not None and self.dist.main:  # the other ranks wait for it in the state gather
             row.update(self.validate())
             self.log(
                 f"epoch {self.epoch}: valid loss {row['valid_loss']:.3f}, WER {row['valid_wer']:.4f}, "
@@ -509,22 +683,24 @@ class Trainer:
             self.save("best.pt", state)
         self.metric(**row)
         if self.dist.main:
-            plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
+            with self._writing(self.out / "curves.png"):
+                plot_metrics(self.out / "metrics.jsonl", self.out / "curves.png")
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Greedy WER/CER and loss on the validation manifest (every rank computes it; it is small)."""
+        """Greedy WER/CER and loss per target token on the validation manifest (rank 0 runs it)."""
         self.model.eval()
         ds = AudioDataset(self.valid_set, self.labels, self.feat_cfg.sample_rate, self.cfg.cache_dir)
         sampler = DurationBucketSampler(self.valid_set.durations, self.cfg.batch_size or 16, self.cfg.batch_seconds)
         loader = torch.utils.data.DataLoader(
             ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.cfg.num_workers
         )
-        refs, hyps, loss_sum = [], [], 0.0
+        refs, hyps, loss_sum, tokens = [], [], 0.0, 0
         blank = len(self.labels)
         for batch_idx in loader:
             loss, logp, out_len = self.forward_loss(batch_idx, train=False)
             loss_sum += loss.item()
+            tokens += int(batch_idx[3].sum())
             ids = logp.argmax(-1).cpu()
             for i, n in enumerate(out_len.tolist()):
                 hyps.append(decode(ctc_collapse(ids[i, :n].tolist(), blank), self.labels))
@@ -532,7 +708,7 @@ class Trainer:
                 refs.append(decode(t, self.labels))
         self.model.train()
         return {
-            "valid_loss": loss_sum / len(refs),
+            "valid_loss": loss_sum / max(tokens, 1),
             "valid_wer": wer(refs, hyps),
             "valid_cer": cer(refs, hyps),
             "samples": list(zip(refs, hyps, strict=True))[: self.cfg.valid_samples],
@@ -558,9 +734,9 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
 
     from .files import atomic_write
 
-    rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    valid = [(r["step"], r["valid_wer"], r["valid_cer"]) for r in rows if "valid_wer" in r]
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if _numbers(r, "step", "loss")]
+    valid = [(r["step"], r["valid_wer"], r["valid_cer"]) for r in rows if _numbers(r, "step", "valid_wer", "valid_cer")]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     if train:
         steps, losses = (np.asarray(v) for v in zip(*train, strict=True))
@@ -569,7 +745,7 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
         a.plot(steps[k - 1 :], np.convolve(losses, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
         a.set_yscale("log")
         a.legend()
-    a.set(title="train CTC loss", xlabel="optimizer step")
+    a.set(title="train CTC loss per token", xlabel="optimizer step")
     if valid:
         s, w, c = zip(*valid, strict=True)
         b.plot(s, w, "o-", label="WER")
@@ -581,6 +757,36 @@ def plot_metrics(metrics_path: Path, png_path: Path) -> None:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     atomic_write(png_path, buf.getvalue())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a line that is not a JSON object (cut short by a kill, edited) is skipped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _numbers(row: dict[str, Any], *keys: str) -> bool:
+    return all(isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool) for k in keys)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _original_message(e: Exception) -> str:
+    """The message of an exception raised in a DataLoader worker, which arrives wrapped with its traceback."""
+    line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    prefix = f"{type(e).__module__}.{type(e).__name__}: "
+    return line.removeprefix(prefix)
 
 
 def train(cfg: TrainConfig) -> QuartzNet:

@@ -104,5 +104,5 @@ def test_export_rejects_a_truncated_checkpoint(exported, tmp_path):
     data = exported[1].with_suffix(".pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     r = _run("export.py", "--checkpoint", tmp_path / "cut.pt", "-o", tmp_path / "cut.onnx")
-    assert r.returncode == 1 and "cut.pt: not a readable checkpoint" in r.stderr
+    assert r.returncode == 2 and "cut.pt: not a readable checkpoint" in r.stderr
     assert not (tmp_path / "cut.onnx").exists()

@@ -58,5 +58,5 @@ def test_quantize_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main(["--onnx", str(tmp_path / "m.onnx")])  # --onnx only makes sense with --quantize
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    assert export.main(["--onnx", str(tmp_path / "junk.onnx"), "--quantize", "int8"]) == 1
+    assert export.main(["--onnx", str(tmp_path / "junk.onnx"), "--quantize", "int8"]) == 2
     assert "junk.onnx: not a readable ONNX model" in capsys.readouterr().err

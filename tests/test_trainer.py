@@ -180,7 +180,7 @@ def test_truncated_checkpoint_to_resume_is_a_clear_error(tmp_path):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(last.read_bytes()[:1000])
     r = _train_cli("--train_manifest", cfg.train_manifest, "--resume", cut, "--out_dir", tmp_path / "run2")
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith(f"error: {cut}: not a readable checkpoint")
 
 

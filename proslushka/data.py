@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from proslushka import audio
+from proslushka import audio, augment
+from proslushka.augment import AugmentConfig
 from proslushka.files import atomic_write
 from proslushka.manifest import FIELDS, ManifestError, iter_manifest_rows, short
 from proslushka.text import LABELS, check, encode, normalize
@@ -222,9 +223,11 @@ class AudioDataset(torch.utils.data.Dataset):
     """Items are (waveform float32 [N], token ids int64 [L]) for the utterances of a manifest.
 
     cache_dir: decoded audio is kept there as int16 .npy, keyed by (path, size, mtime, sample rate), so only the
-    first epoch runs ffmpeg. int16 is lossless here: ffmpeg hands us s16le samples in the first place.
-    speed_perturb: rates to pick from per item (e.g. (0.9, 1.0, 1.1)); the pick is a function of
-    (seed, epoch, index) alone, so a resumed run sees the same audio. Call set_epoch(epoch) before each epoch;
+    first epoch decodes it (int16 costs nothing audible: -96 dB).
+    speed_perturb: rates to pick from per item (e.g. (0.9, 1.0, 1.1)). augment: waveform augmentation
+    (augment.py: joined clips with pauses, silence, noise at an SNR, gain; babble is made of other training clips).
+    Every random pick is a function of (seed, epoch, index) alone, so a resumed run sees the same audio. Call
+    set_epoch(epoch) before each epoch;
     DataLoader workers get a copy of the dataset when the epoch's iterator starts, so persistent_workers=True would
     freeze the epoch they see.
     """
@@ -237,8 +240,10 @@ class AudioDataset(torch.utils.data.Dataset):
         cache_dir: str | os.PathLike | None = None,
         speed_perturb: Sequence[float] | None = None,
         seed: int = 0,
+        augment: AugmentConfig | None = None,
     ):
         self.utterances = list(utterances)
+        self.augment = augment if augment is not None and augment.active else None
         self.labels = tuple(labels)
         self.sample_rate = sample_rate
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -258,12 +263,32 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         utt = self.utterances[index]
-        wave = self.load(utt.audio_filepath)
+        wave, text = self.load(utt.audio_filepath), utt.text
         if self.speed_perturb:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             wave = change_speed(wave, self.speed_perturb[rng.integers(len(self.speed_perturb))])
-        ids = encode(utt.text, self.labels)
+        if self.augment is not None:
+            wave, text = self._augment(wave, text, np.random.default_rng([self.seed, self.epoch, index, 1]))
+        ids = encode(text, self.labels)
         return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), torch.tensor(ids, dtype=torch.int64)
+
+    def _augment(self, wave: np.ndarray, text: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+        """Join 1-2 other clips after this one (pauses of silence between, the texts joined) with probability
+        join_prob, so the model learns that a pause is blank; then silence, noise and gain (augment.augment)."""
+        cfg, sr = self.augment, self.sample_rate
+        if rng.random() < cfg.join_prob:
+            others = [self.utterances[i] for i in rng.integers(len(self.utterances), size=rng.integers(1, 3))]
+            clips = [wave] + [self.load(u.audio_filepath) for u in others]
+            pauses = []
+            for _ in others:
+                floor = None if rng.random() < 0.5 else rng.uniform(*cfg.floor_db)
+                pauses.append(augment.silence(int(rng.uniform(*cfg.pause_seconds) * sr), rng, floor))
+            wave, text = augment.join(clips, pauses), " ".join([text] + [u.text for u in others])
+
+        def speech(r: np.random.Generator) -> np.ndarray:  # babble: other training clips
+            return self.load(self.utterances[r.integers(len(self.utterances))].audio_filepath)
+
+        return augment.augment(wave, cfg, rng, speech, sr), text
 
     def load(self, path: str) -> np.ndarray:
         """Decoded float32 audio, from the cache when it holds this version of the file."""

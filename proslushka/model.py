@@ -62,7 +62,8 @@ def _quartznet(bxr: list[tuple[int, int, int]], repeat: int, se: bool) -> list[B
 
 
 def preset(name: str, num_classes: int = 34, se: bool = False) -> ModelConfig:
-    """Named architectures: '15x5' (QuartzNet15x5, 18.9M), '5x5' (6.7M), 'small' (~1.2M), 'tiny' (tests)."""
+    """Named architectures: '15x5' (QuartzNet15x5, 18.9M), '5x5' (6.7M), 'medium' (3.8M), 'small' (1.2M), 'tiny'
+    (tests)."""
     b = [(256, 33, 1), (256, 39, 1), (512, 51, 1), (512, 63, 1), (512, 75, 1)]
     if name == "15x5":
         blocks = _quartznet([(f, k, 3) for f, k, _ in b], 5, se)
@@ -72,12 +73,16 @@ def preset(name: str, num_classes: int = 34, se: bool = False) -> ModelConfig:
         blocks = [BlockConfig(128, 1, 33, stride=2)]
         blocks += [BlockConfig(f // 2, 3, k, residual=True, se=se) for f, k, _ in b]
         blocks += [BlockConfig(256, 1, 87, dilation=2), BlockConfig(256, 1, 1, separable=False)]
+    elif name == "medium":  # a 5x5 at three quarters of the width (3.8M): between small and 5x5 in cost
+        blocks = [BlockConfig(192, 1, 33, stride=2)]
+        blocks += [BlockConfig(f * 3 // 4, 5, k, residual=True, se=se) for f, k, _ in b]
+        blocks += [BlockConfig(384, 1, 87, dilation=2), BlockConfig(512, 1, 1, separable=False)]
     elif name == "tiny":  # the shape of the NeMo test fixture
         blocks = [BlockConfig(64, 1, 11, stride=2)]
         blocks += [BlockConfig(64, 2, k, residual=True, se=se) for k in (13, 15, 17)]
         blocks += [BlockConfig(64, 1, 19, dilation=2), BlockConfig(128, 1, 1, separable=False)]
     else:
-        raise ValueError(f"unknown model preset {name!r} (choose 15x5, 5x5, small, tiny)")
+        raise ValueError(f"unknown model preset {name!r} (choose 15x5, 5x5, medium, small, tiny)")
     return ModelConfig(num_classes=num_classes, blocks=blocks)
 
 

@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint
 from .audio import AudioError
-from .data import AudioDataset, DurationBucketSampler, SpecAugment, collate, read_manifest
+from .augment import AugmentConfig
+from .data import AudioDataset, DurationBucketSampler, Manifest, SpecAugment, collate, read_manifest
 from .features import FeatureConfig, LogMel
 from .files import check_writable, remove_stale_temps
 from .metrics import cer, wer
@@ -37,7 +38,7 @@ from .text import LABELS, ctc_collapse, decode
 
 @dataclass
 class TrainConfig:
-    train_manifest: str = ""
+    train_manifest: str | list[str] = ""  # several: joined, each row's path relative to its own manifest
     valid_manifest: str | None = None
     out_dir: str = "runs/quartznet"
     # model: a preset (15x5, 5x5, small, tiny) trained from scratch, or --init from a transfer/training checkpoint
@@ -60,6 +61,12 @@ class TrainConfig:
     rect_masks: int = 2
     rect_freq: int = 50
     rect_time: int = 120
+    # waveform augmentation (augment.py), each a share of the training clips; off at validation
+    noise_prob: float = 0.0
+    snr_db: tuple[float, float] = (0.0, 30.0)
+    gain_prob: float = 0.0
+    silence_prob: float = 0.0
+    join_prob: float = 0.0
     # optimization
     max_epochs: int = 15
     max_steps: int | None = None  # optimizer steps: the schedule's length, and training stops there
@@ -148,6 +155,10 @@ def check_config(cfg: TrainConfig) -> str | None:
     need(finite(cfg.grad_clip) and cfg.grad_clip > 0, "grad_clip", "positive")
     need(finite(cfg.dither) and 0 <= cfg.dither < 1, "dither", "in [0, 1)")
     need(all(finite(r) and 0.5 <= r <= 2 for r in cfg.speed_perturb), "speed_perturb", "rates in [0.5, 2]")
+    for name in ("noise_prob", "gain_prob", "silence_prob", "join_prob"):
+        need(finite(getattr(cfg, name)) and 0 <= getattr(cfg, name) <= 1, name, "in [0, 1]")
+    lo, hi = cfg.snr_db
+    need(finite(lo) and finite(hi) and -20 <= lo <= hi <= 100, "snr_db", "two numbers, -20 <= low <= high <= 100")
     need(
         0 < len(cfg.labels) <= 1000 and len(set(cfg.labels)) == len(cfg.labels),
         "labels",
@@ -347,9 +358,10 @@ class Trainer:
         self.sampler = DurationBucketSampler(
             durations, cfg.batch_size, cfg.batch_seconds, cfg.seed, self.dist.world, self.dist.rank
         )
-        self.dataset = AudioDataset(
-            self.train_set, self.labels, self.feat_cfg.sample_rate, cfg.cache_dir, cfg.speed_perturb or None, cfg.seed
-        )
+        augment = AugmentConfig(cfg.noise_prob, tuple(cfg.snr_db), gain_prob=cfg.gain_prob,
+                                silence_prob=cfg.silence_prob, join_prob=cfg.join_prob)  # fmt: skip
+        self.dataset = AudioDataset(self.train_set, self.labels, self.feat_cfg.sample_rate, cfg.cache_dir,
+                                    cfg.speed_perturb or None, cfg.seed, augment)  # fmt: skip
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.accumulate)
         total = cfg.max_epochs * self.steps_per_epoch
         if cfg.max_steps:
@@ -382,19 +394,26 @@ class Trainer:
         if self.dist.main:
             print(msg, file=sys.stderr, flush=True)
 
-    def _manifest(self, path: str, lo: float | None, hi: float | None, fps: float):
+    def _manifest(self, paths: str | list[str], lo: float | None, hi: float | None, fps: float) -> Manifest:
+        """The manifest, or several joined into one, each validated (and summarized) on its own."""
         from .data import ManifestError
 
-        try:
-            m = read_manifest(path, self.labels, lo, hi, skip_bad=self.cfg.skip_bad, frames_per_second=fps)
-        except ManifestError as e:
-            raise TrainError(str(e)) from None
-        self.log(m.summary())
-        for bad in m.skipped[:20]:
-            self.log(f"  skipped {bad}")
-        if not m:
-            raise TrainError(f"{path}: no usable utterances")
-        return m
+        parts = []
+        for path in [paths] if isinstance(paths, str) else paths:
+            try:
+                m = read_manifest(path, self.labels, lo, hi, skip_bad=self.cfg.skip_bad, frames_per_second=fps)
+            except ManifestError as e:
+                raise TrainError(str(e)) from None
+            self.log(m.summary())
+            for bad in m.skipped[:20]:
+                self.log(f"  skipped {bad}")
+            if not m:
+                raise TrainError(f"{path}: no usable utterances")
+            parts.append(m)
+        if len(parts) == 1:
+            return parts[0]
+        return Manifest(", ".join(m.path for m in parts), [u for m in parts for u in m],
+                        [b for m in parts for b in m.skipped], sum(m.filtered for m in parts))  # fmt: skip
 
     def _load_resume(self) -> dict[str, Any]:
         """The checkpoint to resume, refused (exit 2) when it is no training state or its run had other settings."""

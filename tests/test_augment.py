@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from proslushka import augment
 
@@ -67,3 +68,44 @@ def test_augment_is_a_function_of_its_generator():
         augment.AugmentConfig(noise_kinds=("violet",))
     with pytest.raises(ValueError):
         augment.AugmentConfig(noise_prob=1.5)
+
+
+def test_dataset_augmentation_joins_texts_and_is_a_function_of_seed_epoch_index(tmp_path):
+    from test_trainer import FOUR, write_manifest
+
+    from proslushka.data import AudioDataset, read_manifest
+    from proslushka.text import LABELS, decode
+
+    utts = read_manifest(write_manifest(tmp_path / "m.jsonl", FOUR))
+    cfg = augment.AugmentConfig(join_prob=1.0, noise_prob=1.0, silence_prob=1.0, noise_kinds=("babble", "pink"))
+    ds = AudioDataset(utts, augment=cfg, seed=3)
+    plain = AudioDataset(utts)
+    wave, ids = ds[1]
+    again = AudioDataset(utts, augment=cfg, seed=3)[1]
+    assert torch.equal(wave, again[0]) and torch.equal(ids, again[1])  # what a resumed run sees
+    text = decode(ids.tolist(), LABELS)
+    parts = [u.text for u in utts]
+    assert text.startswith(utts[1].text + " ") and any(text.endswith(" " + p) for p in parts)
+    assert len(wave) > len(plain[1][0]) + 0.3 * 16000  # another clip and a pause at least
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], wave)  # a new epoch draws anew
+    assert torch.equal(plain[1][0], AudioDataset(utts, augment=augment.AugmentConfig())[1][0])  # off: unchanged
+
+
+def test_augmented_run_from_two_manifests_resumes_exactly(tmp_path):
+    from test_trainer import FOUR, tiny_cfg, write_manifest
+
+    from proslushka import checkpoint
+    from proslushka.trainer import train
+
+    def cfg(folder, **kw):
+        two = [write_manifest(tmp_path / "a.jsonl", FOUR[:2]), write_manifest(tmp_path / "b.jsonl", FOUR[2:])]
+        return tiny_cfg(folder, train_manifest=two, max_steps=6, noise_prob=0.5, join_prob=0.5, silence_prob=0.5,
+                        gain_prob=0.5, **kw)  # fmt: skip
+
+    train(cfg(tmp_path / "x"))
+    train(cfg(tmp_path / "y", stop_at_step=3))
+    train(cfg(tmp_path / "y", resume=str(tmp_path / "y" / "run" / "last.pt")))
+    a, b = (checkpoint.load(tmp_path / d / "run" / "last.pt") for d in ("x", "y"))
+    assert a["trainer"]["step"] == b["trainer"]["step"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -1,0 +1,71 @@
+"""Models side by side on the clean, noisy and long-file evaluation sets: CER/WER and whole-path speed.
+
+    python tools/make_eval_sets.py                       # once: data/ru-synth/eval/{noisy,long}
+    python bench/eval_sets.py --model models/demo.onnx --model runs/demo2/model.onnx [--lm none]
+
+For each model (one thread, greedy unless --lm): CER and WER on ru-synth valid, on the noisy set (overall and per
+SNR) and on the long files; the long files' CER beside the same clips one by one; the real-time factor of the
+whole path (decode, features, model, decoder) over the valid clips as a folder, and over the long files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from proslushka.infer import Transcriber  # noqa: E402
+from proslushka.metrics import cer, wer  # noqa: E402
+from proslushka.text import normalize  # noqa: E402
+
+
+def rows(manifest: Path) -> list[tuple[str, str, float]]:
+    out = []
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.append((str(manifest.parent / r["audio_filepath"]), normalize(r["text"]), float(r["duration"])))
+    return out
+
+
+def run(tr: Transcriber, items: list[tuple[str, str, float]]) -> tuple[list[str], float]:
+    """(hypotheses, real-time factor of the whole path)."""
+    t = time.perf_counter()
+    hyps = [r.text if hasattr(r, "text") else "" for r in tr.transcribe_many([p for p, _, _ in items], batch_size=8)]
+    return hyps, (time.perf_counter() - t) / sum(d for _, _, d in items)
+
+
+def score(items, hyps) -> str:
+    refs = [r for _, r, _ in items]
+    return f"CER {100 * cer(refs, hyps):5.2f}  WER {100 * wer(refs, hyps):5.2f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, help="an ONNX model (repeat to compare)")
+    p.add_argument("--data", default="data/ru-synth", help="the rendered corpus with eval/ (default: %(default)s)")
+    p.add_argument("--lm", default="none", help="a KenLM for beam search, or none (default: greedy)")
+    args = p.parse_args()
+    data = Path(args.data)
+    sets = {name: rows(data / sub / "manifest.jsonl") for name, sub in
+            (("valid", "valid"), ("noisy", "eval/noisy"), ("long", "eval/long"))}  # fmt: skip
+    for model in args.model:
+        tr = Transcriber(model, threads=1, lm=None if args.lm == "none" else args.lm)
+        print(f"== {model} ({'greedy' if args.lm == 'none' else args.lm}, one thread)")
+        for name, items in sets.items():
+            hyps, rtf = run(tr, items)
+            print(f"{name:<6} {score(items, hyps)}  RTF {rtf:.4f}  ({len(items)} files)")
+            if name == "noisy":
+                for snr in sorted({Path(p).parent.name for p, _, _ in items}, key=lambda s: float(s[3:])):
+                    part = [(it, h) for it, h in zip(items, hyps, strict=True) if Path(it[0]).parent.name == snr]
+                    print(f"  {snr:<6} {score([it for it, _ in part], [h for _, h in part])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

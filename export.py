@@ -46,7 +46,7 @@ def export(args: argparse.Namespace) -> None:
     import onnx
 
     from proslushka import checkpoint, onnx_export
-    from proslushka.files import check_writable
+    from proslushka.files import atomic_write, check_writable
 
     source = Path(args.onnx or args.checkpoint)
     suffix = ".int8.onnx" if args.quantize else ".onnx"
@@ -88,12 +88,16 @@ def export(args: argparse.Namespace) -> None:
             f"greedy ids agree with fp32 on {100 * agree:.1f}% of frames"
         )
         proto = int8
+    labels = json.loads({p.key: p.value for p in proto.metadata_props}["labels"])
     try:
         onnx_export.save(proto, out)
+        if out.is_file():  # not for /dev/stdout and the like
+            atomic_write(onnx_export.tokens_path(out), onnx_export.sherpa_tokens(labels))
     except OSError as e:  # the disk filled up meanwhile, or a device that refuses (/dev/full): nothing half-written
-        raise ExportError(f"{out}: cannot write ({e.strerror})", 1) from None
+        raise ExportError(f"{e.filename or out}: cannot write ({e.strerror})", 1) from None
     if out.is_file():
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {onnx_export.OPSET}) in {time.time() - t0:.1f}s")
+        print(f"wrote {onnx_export.tokens_path(out)} (sherpa-onnx's tokens file)")
 
 
 def calibration_inputs(proto, manifest: str, clips: int) -> list[dict]:
@@ -104,11 +108,14 @@ def calibration_inputs(proto, manifest: str, clips: int) -> list[dict]:
     import numpy as np
 
     from proslushka.audio import AudioError, load_audio
-    from proslushka.features import FeatureConfig, log_mel_numpy
+    from proslushka.features import log_mel_numpy
+    from proslushka.infer import read_metadata
     from proslushka.manifest import ManifestError, iter_manifest_rows
 
-    meta = {p.key: p.value for p in proto.metadata_props}
-    cfg = FeatureConfig.from_dict(json.loads(meta["feature_config"]))
+    try:
+        _, cfg, _ = read_metadata({p.key: p.value for p in proto.metadata_props})
+    except (KeyError, ValueError, TypeError) as e:
+        raise ExportError(f"the model's metadata is unusable ({e})", 2) from None
     folder = Path(manifest).resolve().parent
     inputs = []
     try:

@@ -31,10 +31,9 @@ class ModelError(ValueError):
     """A model file that cannot be used; the message names the file."""
 
 
-def read_metadata(meta) -> tuple[list[str], FeatureConfig, int]:
-    """(labels, feature config, subsampling factor) from an ONNX model's metadata (onnxruntime's ModelMetadata),
-    checked: ValueError/KeyError/TypeError saying what is wrong."""
-    values = meta.custom_metadata_map
+def read_metadata(values: dict[str, str]) -> tuple[list[str], FeatureConfig, int]:
+    """(labels, feature config, subsampling factor) from an ONNX model's metadata (key → value, as export.py writes
+    it), checked: ValueError/KeyError/TypeError saying what is wrong."""
     labels = json.loads(values["labels"])
     if not isinstance(labels, list) or not 1 <= len(labels) <= 4096:
         raise ValueError("labels must be a JSON list of 1 to 4096 characters")
@@ -125,7 +124,8 @@ class Transcriber:
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
             raise ModelError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
         try:
-            self.labels, self.feature_config, self.stride = read_metadata(self.session.get_modelmeta())
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.labels, self.feature_config, self.stride = read_metadata(meta)
             width = self.session.get_outputs()[0].shape[-1]
             if isinstance(width, int) and width != len(self.labels) + 1:
                 raise ValueError(f"the model has {width} outputs but the metadata {len(self.labels)} labels + blank")

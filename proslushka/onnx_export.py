@@ -74,6 +74,17 @@ def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     atomic_write(path, proto.SerializeToString())
 
 
+def sherpa_tokens(labels: list[str]) -> str:
+    """sherpa-onnx's tokens file: "<symbol> <id>" per label, then the blank (last) as <blk>. The space label's line
+    is " 0", which sherpa-onnx reads as the space (a line holding only an id; NEMO.md §6.2)."""
+    return "".join(f"{c} {i}\n" for i, c in enumerate(labels)) + f"<blk> {len(labels)}\n"
+
+
+def tokens_path(onnx_path: str | os.PathLike) -> Path:
+    """NAME.tokens.txt beside NAME.onnx (one per model, so two exports in a folder do not overwrite each other)."""
+    return Path(onnx_path).with_suffix(".tokens.txt")
+
+
 def compare(model: QuartzNet, proto_or_path: Any, lengths: tuple[int, ...] = (301, 187), seed: int = 0) -> float:
     """Max abs difference of log-probs (valid frames) between torch and onnxruntime on a padded random batch."""
     import onnxruntime as ort

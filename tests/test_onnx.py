@@ -106,3 +106,14 @@ def test_export_rejects_a_truncated_checkpoint(exported, tmp_path):
     r = _run("export.py", "--checkpoint", tmp_path / "cut.pt", "-o", tmp_path / "cut.onnx")
     assert r.returncode == 2 and "cut.pt: not a readable checkpoint" in r.stderr
     assert not (tmp_path / "cut.onnx").exists()
+
+
+def test_export_writes_sherpa_onnx_tokens(exported):
+    # sherpa-onnx reads "<symbol> <id>" lines, a line holding only an id as the space, and needs a blank token
+    table = {}
+    for line in exported[1].with_suffix(".tokens.txt").read_text(encoding="utf-8").splitlines():
+        parts = line.strip().split()
+        symbol, index = (" ", parts[0]) if len(parts) == 1 else parts
+        table[int(index)] = symbol
+    assert [table[i] for i in range(len(LABELS))] == list(LABELS) and table[len(LABELS)] == "<blk>"
+    assert len(table) == len(LABELS) + 1

@@ -17,8 +17,13 @@ def parse_args(argv: list[str] | None = None):
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--train_manifest", required=True, nargs="+", help="JSONL (or CSV/TSV) with audio_filepath, text, "
-                   "duration; several are joined (each row's path relative to its own manifest)")
+    g.add_argument(
+        "--train_manifest",
+        required=True,
+        nargs="+",
+        help="JSONL (or CSV/TSV) with audio_filepath, text, "
+        "duration; several are joined (each row's path relative to its own manifest)",
+    )
     g.add_argument("--valid_manifest", help="validation manifest: loss, WER, CER and samples after each epoch")
     g.add_argument("--batch_size", type=int, default=d.batch_size, help="clips per batch (default: %(default)s)")
     g.add_argument("--batch_seconds", type=float, help="size batches by padded audio seconds instead")
@@ -40,15 +45,34 @@ def parse_args(argv: list[str] | None = None):
         "--rect_freq", type=int, default=d.rect_freq, help="max mel bins per rectangle (default: %(default)s)"
     )
     g.add_argument("--rect_time", type=int, default=d.rect_time, help="max frames per rectangle (default: %(default)s)")
-    g.add_argument("--noise_prob", type=float, default=d.noise_prob, help="share of clips mixed with noise (white, "
-                   "pink, brown, babble of other clips, hum) at an SNR drawn from --snr_db (default: %(default)s)")
+    g.add_argument(
+        "--noise_prob",
+        type=float,
+        default=d.noise_prob,
+        help="share of clips mixed with noise (white, "
+        "pink, brown, babble of other clips, hum) at an SNR drawn from --snr_db (default: %(default)s)",
+    )
     g.add_argument("--snr_db", type=float, nargs=2, default=d.snr_db, help="SNR range in dB (default: %(default)s)")
-    g.add_argument("--gain_prob", type=float, default=d.gain_prob, help="share of clips at a random gain of -12..+6 "
-                   "dB (default: %(default)s)")
-    g.add_argument("--silence_prob", type=float, default=d.silence_prob, help="share of clips given up to 1 s of "
-                   "silence (zeros or a low noise floor) before and after (default: %(default)s)")
-    g.add_argument("--join_prob", type=float, default=d.join_prob, help="share of clips joined with 1-2 others, "
-                   "0.3-2 s pauses between, so that pauses are learned as blank (default: %(default)s)")
+    g.add_argument(
+        "--gain_prob",
+        type=float,
+        default=d.gain_prob,
+        help="share of clips at a random gain of -12..+6 dB (default: %(default)s)",
+    )
+    g.add_argument(
+        "--silence_prob",
+        type=float,
+        default=d.silence_prob,
+        help="share of clips given up to 1 s of "
+        "silence (zeros or a low noise floor) before and after (default: %(default)s)",
+    )
+    g.add_argument(
+        "--join_prob",
+        type=float,
+        default=d.join_prob,
+        help="share of clips joined with 1-2 others, "
+        "0.3-2 s pauses between, so that pauses are learned as blank (default: %(default)s)",
+    )
     g = p.add_argument_group("model")
     g.add_argument(
         "--model", default=d.model, help="preset from scratch: 15x5, 5x5, medium, small, tiny (default: %(default)s)"

@@ -36,28 +36,47 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="*", help="audio files (any format ffmpeg reads) or folders of them")
     p.add_argument("--manifest", help="a JSON-lines (or .csv/.tsv) manifest: audio_filepath, optionally text")
-    p.add_argument("--model", default=str(DEFAULT_MODEL), help="ONNX model from export.py (default: the demo model, "
-                   "models/demo.onnx)")
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="ONNX model from export.py (default: the demo model, models/demo.onnx)",
+    )
     p.add_argument("--format", default="txt", choices=FORMATS, help="output format (default: %(default)s)")
     p.add_argument("--output_dir", help="write one file per input here (NAME.FORMAT, folder structure kept)")
     p.add_argument("-o", "--output", help="write all transcripts to this one file (default: stdout)")
     p.add_argument("--batch_size", type=int, default=1, help="chunks per onnxruntime run (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
-    p.add_argument("--max_chunk_seconds", type=float, default=20.0, help="cut long audio at pauses into chunks "
-                   "at most this long (default: %(default)s)")
-    p.add_argument("--keep_silence", action="store_true", help="feed pauses to the model too (by default long "
-                   "audio is cut into chunks of speech and pauses over ~0.6 s are left out)")
+    p.add_argument(
+        "--max_chunk_seconds",
+        type=float,
+        default=20.0,
+        help="cut long audio at pauses into chunks at most this long (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keep_silence",
+        action="store_true",
+        help="feed pauses to the model too (by default long "
+        "audio is cut into chunks of speech and pauses over ~0.6 s are left out)",
+    )
     p.add_argument("--max_words_per_line", type=int, default=None, help="srt/vtt: at most this many words a cue")
-    p.add_argument("--report", help="with --manifest rows that have text: print WER/CER and write per-utterance "
-                   "errors, the worst first, to this TSV file (transcripts then go only there, unless -o/--output_dir)")
-    p.add_argument("--lm", help="KenLM language model (binary or ARPA) for beam search, with its tuned settings from "
-                   "NAME.json beside it; 'none' decodes greedily (default: models/demo-lm.bin when the model's "
-                   "alphabet matches it, else greedy)")
+    p.add_argument(
+        "--report",
+        help="with --manifest rows that have text: print WER/CER and write per-utterance "
+        "errors, the worst first, to this TSV file (transcripts then go only there, unless -o/--output_dir)",
+    )
+    p.add_argument(
+        "--lm",
+        help="KenLM language model (binary or ARPA) for beam search, with its tuned settings from "
+        "NAME.json beside it; 'none' decodes greedily (default: models/demo-lm.bin when the model's "
+        "alphabet matches it, else greedy)",
+    )
     p.add_argument("--beam_width", type=int, help="hypotheses kept per frame (default: the LM's tuned one, or 64)")
     p.add_argument("--lm_alpha", type=float, help="LM weight (default: the LM's tuned one)")
     p.add_argument("--lm_beta", type=float, help="bonus per word (default: the LM's tuned one)")
-    p.add_argument("--hotwords", help='words to favour, e.g. "прослушка:10,квартц" (weight 10 if not given); also '
-                   "words the LM has never seen")
+    p.add_argument(
+        "--hotwords",
+        help='words to favour, e.g. "прослушка:10,квартц" (weight 10 if not given); also words the LM has never seen',
+    )
     args = p.parse_args(argv)
     if not args.inputs and not args.manifest:
         p.error("give audio files, folders or --manifest")

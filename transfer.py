@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         "2.5+), floor+1 (NeMo 1.0-2.4), ceil = ceil(N/160) (NeMo 1.0.0b4, Golos)",
     )
     p.add_argument("--url", action="append", help="with 'golos': download from here (repeatable: mirrors)")
-    p.add_argument("--cache_dir", help="with 'golos': the download folder (default: $PROSLUSHKA_CACHE or "
-                   "~/.cache/proslushka)")
+    p.add_argument(
+        "--cache_dir", help="with 'golos': the download folder (default: $PROSLUSHKA_CACHE or ~/.cache/proslushka)"
+    )
     p.add_argument("--se", action="store_true", help="add freshly initialized Squeeze-Excite to every residual block")
     p.add_argument("--labels", help="a new alphabet as one string of characters: keeps the encoder, new decoder")
     args = p.parse_args(argv)

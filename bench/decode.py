@@ -67,8 +67,13 @@ def row(npz: str, kind: str, beam: int, lm: str | None, seconds: float) -> dict:
     for n in chunks:
         hyps.append(" ".join(filter(None, texts[at : at + n])))
         at += n
-    return {"wer": 100 * wer(refs, hyps), "cer": 100 * cer(refs, hyps), "cpu_per_s": cpu / seconds,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "hyps": hyps}
+    return {
+        "wer": 100 * wer(refs, hyps),
+        "cer": 100 * cer(refs, hyps),
+        "cpu_per_s": cpu / seconds,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "hyps": hyps,
+    }
 
 
 def oov_kept(refs: list[str], hyps: list[str], vocab: set[str]) -> tuple[int, int]:
@@ -106,8 +111,10 @@ def main() -> None:
     from proslushka.lm import manifest_rows
 
     seconds = sum(json.loads(line)["duration"] for line in open(args.manifest, encoding="utf-8") if line.strip())
-    print(f"{len(manifest_rows(args.manifest))} utterances, {seconds / 60:.1f} min of audio; model {args.model}, "
-          f"LM {args.lm}; one thread")
+    print(
+        f"{len(manifest_rows(args.manifest))} utterances, {seconds / 60:.1f} min of audio; model {args.model}, "
+        f"LM {args.lm}; one thread"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "logprobs.npz"
         logprobs(args.model, args.manifest, npz)
@@ -115,23 +122,41 @@ def main() -> None:
         vocab = set(vocab_path(args.lm).read_text(encoding="utf-8").split())
         print("| decoder | beam | WER % | CER % | decoder CPU s per audio s | peak RSS MB | OOV words right |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        runs = [("greedy", 1, "none")] + [(k, b, lm) for k, lm in (("beam", "none"), ("beam + LM", args.lm))
-                                          for b in BEAMS]
+        runs = [("greedy", 1, "none")] + [
+            (k, b, lm) for k, lm in (("beam", "none"), ("beam + LM", args.lm)) for b in BEAMS
+        ]
         for kind, beam, lm in runs:
             r = child([str(npz), kind, str(beam), lm, str(seconds)])
             kept, total = oov_kept(refs, r["hyps"], vocab)
-            print(f"| {kind} | {beam if kind != 'greedy' else '-'} | {r['wer']:.2f} | {r['cer']:.2f} | "
-                  f"{r['cpu_per_s']:.5f} | {r['rss_mb']:.0f} | {kept} of {total} |", flush=True)
+            print(
+                f"| {kind} | {beam if kind != 'greedy' else '-'} | {r['wer']:.2f} | {r['cer']:.2f} | "
+                f"{r['cpu_per_s']:.5f} | {r['rss_mb']:.0f} | {kept} of {total} |",
+                flush=True,
+            )
     # the whole path as a user runs it: transcribe.py at its defaults, in a child whose peak RSS we read
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "transcribe.py"), "--manifest", args.manifest, "--model", args.model,
-               "--lm", args.lm, "--threads", "1", "--report", str(Path(tmp) / "report.tsv")]
+        cmd = [
+            sys.executable,
+            str(ROOT / "transcribe.py"),
+            "--manifest",
+            args.manifest,
+            "--model",
+            args.model,
+            "--lm",
+            args.lm,
+            "--threads",
+            "1",
+            "--report",
+            str(Path(tmp) / "report.tsv"),
+        ]
         t = time.time()
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         wall = time.time() - t
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"transcribe.py --lm {Path(args.lm).name} (its tuned settings): {done.stderr.strip().splitlines()[-1]}; "
-          f"peak RSS {rss:.0f} MB; {wall:.0f} s wall")
+    print(
+        f"transcribe.py --lm {Path(args.lm).name} (its tuned settings): {done.stderr.strip().splitlines()[-1]}; "
+        f"peak RSS {rss:.0f} MB; {wall:.0f} s wall"
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,7 @@ def main() -> None:
     bucket_pad, bucket_frames, random_pad, random_frames, n_batches, size = np.mean(rows, axis=0)
 
     what = f"batch_seconds {args.batch_seconds:g}" if args.batch_seconds else f"batch_size {args.batch_size}"
-    print(f"{len(frames)} clips, {what}, {n_batches:.0f} batches of {size:.0f} clips on average, "
-          f"{args.epochs} epochs")
+    print(f"{len(frames)} clips, {what}, {n_batches:.0f} batches of {size:.0f} clips on average, {args.epochs} epochs")
     print(f"{'':24}{'bucketed':>12}{'random':>12}{'random/bucketed':>18}")
     print(f"{'padding fraction':24}{bucket_pad:12.2%}{random_pad:12.2%}{random_pad / bucket_pad:18.1f}")
     print(f"{'frames per batch':24}{bucket_frames:12.0f}{random_frames:12.0f}{random_frames / bucket_frames:18.2f}")

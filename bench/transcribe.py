@@ -125,8 +125,10 @@ def batch_throughput(path: Path) -> None:
         speed = {}
         for bs in (1, 8):
             speed[bs] = audio_s / best_of(lambda tr=tr, bs=bs: list(tr.transcribe_many(clips, batch_size=bs)), 2)
-        print(f"   {threads} thread(s): --batch_size 1 {speed[1]:6.1f}   --batch_size 8 {speed[8]:6.1f}   "
-              f"ratio {speed[8] / speed[1]:.2f}x")
+        print(
+            f"   {threads} thread(s): --batch_size 1 {speed[1]:6.1f}   --batch_size 8 {speed[8]:6.1f}   "
+            f"ratio {speed[8] / speed[1]:.2f}x"
+        )
 
 
 def peak_rss(path: Path, tmp: Path) -> None:
@@ -137,15 +139,28 @@ def peak_rss(path: Path, tmp: Path) -> None:
         audio = tmp / f"long{minutes}.wav"
         write_long(audio, minutes, speech)
         out = tmp / f"long{minutes}.json"
-        cmd = [sys.executable, str(ROOT / "transcribe.py"), str(audio), "--model", str(path), "--threads", "1",
-               "--format", "json", "-o", str(out)]
+        cmd = [
+            sys.executable,
+            str(ROOT / "transcribe.py"),
+            str(audio),
+            "--model",
+            str(path),
+            "--threads",
+            "1",
+            "--format",
+            "json",
+            "-o",
+            str(out),
+        ]
         t = time.perf_counter()
         rss[minutes] = peak_rss_mb(cmd)
         took = time.perf_counter() - t
         words = len(json.loads(out.read_text())["words"])
         decoded = minutes * 60 * 16000 * 4 / 2**20
-        print(f"   {minutes:2d} min: peak RSS {rss[minutes]:5.0f} MB (the decoded audio alone: {decoded:4.0f} MB as "
-              f"float32); {took:4.0f} s, RTF {took / (minutes * 60):.4f}, {words} words")
+        print(
+            f"   {minutes:2d} min: peak RSS {rss[minutes]:5.0f} MB (the decoded audio alone: {decoded:4.0f} MB as "
+            f"float32); {took:4.0f} s, RTF {took / (minutes * 60):.4f}, {words} words"
+        )
         audio.unlink()
     print(f"   60 min / 10 min peak RSS: {rss[60] / rss[10]:.2f}x")
 
@@ -164,9 +179,11 @@ def lambda_bundle(paths: dict[str, Path], ffmpeg: Path, tmp: Path) -> None:
             bundle.write_zip(folder, out)
             c = min((bundle.smoke_test(folder) for _ in range(3)), key=lambda r: r["process"])
         cold = c["import"] + c["session"] + c["request"]
-        print(f"   {name:11} model: {unzipped / 1e6:5.1f} MB unzipped, {out.stat().st_size / 1e6:5.1f} MB zipped; cold "
-              f"start {cold:.2f} s = import {c['import']:.2f} + session {c['session']:.2f} + first request "
-              f"{c['request']:.2f}; whole process {c['process']:.2f} s")
+        print(
+            f"   {name:11} model: {unzipped / 1e6:5.1f} MB unzipped, {out.stat().st_size / 1e6:5.1f} MB zipped; cold "
+            f"start {cold:.2f} s = import {c['import']:.2f} + session {c['session']:.2f} + first request "
+            f"{c['request']:.2f}; whole process {c['process']:.2f} s"
+        )
 
 
 def trained_cer(trained: Path, tmp: Path) -> None:
@@ -188,8 +205,10 @@ def trained_cer(trained: Path, tmp: Path) -> None:
         t = time.perf_counter()
         hyps = [r.text for r in tr.transcribe_many([VALID.parent / r["audio_filepath"] for r in rows], 8)]
         took = time.perf_counter() - t
-        print(f"   {name:12}: CER {100 * cer(refs, hyps):5.2f}%  WER {100 * wer(refs, hyps):5.2f}%  "
-              f"{path.stat().st_size / 1e6:5.1f} MB  {took:5.1f} s")
+        print(
+            f"   {name:12}: CER {100 * cer(refs, hyps):5.2f}%  WER {100 * wer(refs, hyps):5.2f}%  "
+            f"{path.stat().st_size / 1e6:5.1f} MB  {took:5.1f} s"
+        )
 
 
 def main() -> None:

@@ -100,9 +100,24 @@ def stage(
 def pip_wheels(folder: Path, python: str, dependencies: tuple[str, ...] = DEPENDENCIES) -> None:
     """The installed versions of `dependencies` as manylinux x86_64 wheels for CPython `python`, unpacked."""
     pins = [f"{d}=={importlib.metadata.version(d)}" for d in dependencies]
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-           "--no-compile", "--only-binary=:all:", "--target", str(folder), "--python-version", python,
-           "--implementation", "cp", *pins]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--no-compile",
+        "--only-binary=:all:",
+        "--target",
+        str(folder),
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        *pins,
+    ]
     for p in PLATFORMS:
         cmd += ["--platform", p]
     subprocess.run(cmd, check=True, env={**os.environ, "PIP_ROOT_USER_ACTION": "ignore"})
@@ -227,16 +242,34 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", default="dist/lambda.zip", help="zip to write (default: %(default)s)")
     p.add_argument("--model", default="models/demo.onnx", help="ONNX model from export.py (default: %(default)s)")
-    p.add_argument("--ffmpeg", default=SMALL_FFMPEG, help="a static Linux x86_64 ffmpeg for the formats libsndfile "
-                   "does not read (default: %(default)s, as tools/build_ffmpeg.sh makes it)")
-    p.add_argument("--no_ffmpeg", action="store_true", help="leave ffmpeg out: the bundle then reads only wav, flac, "
-                   "ogg, opus and mp3 (libsndfile's formats)")
-    p.add_argument("--lm", default="models/demo-lm.bin", help="a KenLM (with NAME.words and NAME.json beside it) "
-                   "for beam search in the handler, or 'none' for greedy (default: %(default)s)")
-    p.add_argument("--python", default=f"{sys.version_info.major}.{sys.version_info.minor}",
-                   help="the Lambda runtime's Python version (default: this one, %(default)s)")
-    p.add_argument("--site_packages", action="store_true", help="copy the installed dependencies instead of "
-                   "downloading wheels (then --python must be this Python's version)")
+    p.add_argument(
+        "--ffmpeg",
+        default=SMALL_FFMPEG,
+        help="a static Linux x86_64 ffmpeg for the formats libsndfile "
+        "does not read (default: %(default)s, as tools/build_ffmpeg.sh makes it)",
+    )
+    p.add_argument(
+        "--no_ffmpeg",
+        action="store_true",
+        help="leave ffmpeg out: the bundle then reads only wav, flac, ogg, opus and mp3 (libsndfile's formats)",
+    )
+    p.add_argument(
+        "--lm",
+        default="models/demo-lm.bin",
+        help="a KenLM (with NAME.words and NAME.json beside it) "
+        "for beam search in the handler, or 'none' for greedy (default: %(default)s)",
+    )
+    p.add_argument(
+        "--python",
+        default=f"{sys.version_info.major}.{sys.version_info.minor}",
+        help="the Lambda runtime's Python version (default: this one, %(default)s)",
+    )
+    p.add_argument(
+        "--site_packages",
+        action="store_true",
+        help="copy the installed dependencies instead of "
+        "downloading wheels (then --python must be this Python's version)",
+    )
     args = p.parse_args(argv)
 
     model = Path(args.model)
@@ -250,8 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {model}: no such model file", file=sys.stderr)
         return 2
     if ffmpeg and not ffmpeg.is_file():
-        print(f"error: {ffmpeg}: no such ffmpeg file; build it with tools/build_ffmpeg.sh (or --no_ffmpeg for a "
-              "bundle that reads only wav, flac, ogg, opus and mp3)", file=sys.stderr)
+        print(
+            f"error: {ffmpeg}: no such ffmpeg file; build it with tools/build_ffmpeg.sh (or --no_ffmpeg for a "
+            "bundle that reads only wav, flac, ogg, opus and mp3)",
+            file=sys.stderr,
+        )
         return 2
     if ffmpeg and ffmpeg.read_bytes()[:4] != b"\x7fELF":
         print(f"error: {ffmpeg}: not a Linux executable", file=sys.stderr)
@@ -279,13 +315,18 @@ def main(argv: list[str] | None = None) -> int:
                 what = "ignores the" if lm else "loads a"
                 print(f"error: smoke test: the handler {what} language model", file=sys.stderr)
                 return 1
-            print(f"smoke test (cold start): import {t['import']:.2f} s, model {'and LM ' if lm else ''}load "
-                  f"{t['session']:.2f} s, first request {t['request']:.2f} s; the whole process {t['process']:.2f} s",
-                  *lines, sep="\n")
+            print(
+                f"smoke test (cold start): import {t['import']:.2f} s, model {'and LM ' if lm else ''}load "
+                f"{t['session']:.2f} s, first request {t['request']:.2f} s; the whole process {t['process']:.2f} s",
+                *lines,
+                sep="\n",
+            )
         write_zip(folder, Path(args.output))
     zipped = Path(args.output).stat().st_size
-    print(f"wrote {args.output}: {zipped / 1e6:.1f} MB zipped, {total / 1e6:.1f} MB unzipped "
-          f"(Lambda's limit: {LAMBDA_LIMIT / 1e6:.0f} MB); handler: proslushka.serverless.handler")
+    print(
+        f"wrote {args.output}: {zipped / 1e6:.1f} MB zipped, {total / 1e6:.1f} MB unzipped "
+        f"(Lambda's limit: {LAMBDA_LIMIT / 1e6:.0f} MB); handler: proslushka.serverless.handler"
+    )
     print("  " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in by_entry.items()))
     if total > LAMBDA_LIMIT:
         print("warning: too big for Lambda", file=sys.stderr)

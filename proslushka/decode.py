@@ -76,7 +76,7 @@ def check_settings(values: dict, where: str | os.PathLike) -> dict:
 
 
 def parse_hotwords(spec: str, labels: Sequence[str]) -> dict[str, float]:
-    """"слово:вес,другое" → {"слово": вес, "другое": HOTWORD_WEIGHT}; words are normalized like transcripts."""
+    """ "слово:вес,другое" → {"слово": вес, "другое": HOTWORD_WEIGHT}; words are normalized like transcripts."""
     from .text import check, normalize
 
     words: dict[str, float] = {}
@@ -103,7 +103,7 @@ def write_settings(lm: str | os.PathLike, settings: dict) -> None:
 
 
 def lm_kind(path: Path) -> str:
-    """"binary" or "arpa" by the file's first bytes; DecoderError naming the file for anything else.
+    """ "binary" or "arpa" by the file's first bytes; DecoderError naming the file for anything else.
 
     KenLM itself would also refuse a bad file, but a check here gives one clear line instead of its exception text,
     and a truncated binary is caught by KenLM's own size check when the decoder loads it."""
@@ -146,8 +146,9 @@ def lm_words(path: Path, kind: str) -> list[str]:
             return arpa_words(path)
     except (OSError, UnicodeDecodeError, IndexError) as e:
         raise DecoderError(f"{words_file if words_file.is_file() else path}: unreadable vocabulary ({e})") from None
-    raise DecoderError(f"{words_file}: missing (a binary LM needs its vocabulary; python -m proslushka.lm build "
-                       "writes it)")
+    raise DecoderError(
+        f"{words_file}: missing (a binary LM needs its vocabulary; python -m proslushka.lm build writes it)"
+    )
 
 
 @contextlib.contextmanager
@@ -207,14 +208,24 @@ class BeamDecoder:
         if lm is None:
             if hotwords:
                 raise DecoderError("--hotwords: needs a language model (--lm), whose vocabulary they join")
-            opts = fl.LexiconFreeDecoderOptions(s["beam_width"], tokens, BEAM_THRESHOLD, 0.0, 0.0, False,
-                                                fl.CriterionType.CTC)
+            opts = fl.LexiconFreeDecoderOptions(
+                s["beam_width"], tokens, BEAM_THRESHOLD, 0.0, 0.0, False, fl.CriterionType.CTC
+            )
             self.decoder = fl.LexiconFreeDecoder(opts, fl.ZeroLM(), space, self.blank, [])
             return
         # self.lm: a Python-side LM (hotwords) must outlive the decoder, which holds it only on the C++ side
         self.lm, trie, unk = self._lexicon(labels, Path(lm), hotwords or {})
-        opts = fl.LexiconDecoderOptions(s["beam_width"], tokens, BEAM_THRESHOLD, s["alpha"], s["beta"],
-                                        s["unk_score"], 0.0, False, fl.CriterionType.CTC)
+        opts = fl.LexiconDecoderOptions(
+            s["beam_width"],
+            tokens,
+            BEAM_THRESHOLD,
+            s["alpha"],
+            s["beta"],
+            s["unk_score"],
+            0.0,
+            False,
+            fl.CriterionType.CTC,
+        )
         self.decoder = fl.LexiconDecoder(opts, trie, self.lm, space, self.blank, unk, [], False)
 
     def _lexicon(self, labels: Sequence[str], path: Path, hotwords: dict[str, float]):

@@ -51,9 +51,7 @@ def excluded(lines: Iterable[str], sentences: Iterable[str]) -> Iterator[str]:
     for line in lines:
         words = line.split()
         if not any(
-            words[i : i + len(s)] == s
-            for i in range(len(words))
-            for s in by_start.get(tuple(words[i : i + 2]), ())
+            words[i : i + len(s)] == s for i in range(len(words)) for s in by_start.get(tuple(words[i : i + 2]), ())
         ):
             yield line
 
@@ -110,8 +108,22 @@ def build(
                     kept += 1
         print(f"{kept} lines kept, {total - kept} dropped for containing an --exclude sentence", file=sys.stderr)
         # --discount_fallback: a small text lacks the counts that Kneser-Ney's discounts are estimated from
-        run([lmplz, "-o", str(order), "-S", "20%", "-T", tmp, "--discount_fallback", "--text", str(corpus),
-             "--arpa", str(model)])
+        run(
+            [
+                lmplz,
+                "-o",
+                str(order),
+                "-S",
+                "20%",
+                "-T",
+                tmp,
+                "--discount_fallback",
+                "--text",
+                str(corpus),
+                "--arpa",
+                str(model),
+            ]
+        )
         words = arpa_words(model)
         out.parent.mkdir(parents=True, exist_ok=True)
         if arpa:
@@ -119,8 +131,15 @@ def build(
         else:  # 8-bit quantized probabilities and backoffs in a trie: about a quarter of the probing format's size
             run([build_binary, "-q", "8", "-b", "8", "trie", str(model), str(out)])
     atomic_write(vocab_path(out), "".join(w + "\n" for w in words))
-    settings = {**DEFAULTS, "labels": "".join(LABELS), "order": order, "built_from": [Path(t).name for t in texts],
-                "excluded": [str(m) for m in exclude], "lines": kept, "words": len(words)}
+    settings = {
+        **DEFAULTS,
+        "labels": "".join(LABELS),
+        "order": order,
+        "built_from": [Path(t).name for t in texts],
+        "excluded": [str(m) for m in exclude],
+        "lines": kept,
+        "words": len(words),
+    }
     write_settings(out, settings)
     return settings
 
@@ -173,13 +192,15 @@ def tune(
     best = {"alpha": alpha, "beta": beta, "beam_width": beam}
     wer_, cer_ = at_beam[beam]
     print(f"best: beam {beam}, alpha {alpha}, beta {beta}: WER {wer_:.2f}%, CER {cer_:.2f}%")
-    return best | {"tuned_on": {"manifest": str(manifest), "model": Path(model).name, "wer": round(wer_, 2),
-                                "cer": round(cer_, 2)}}, table
+    return best | {
+        "tuned_on": {"manifest": str(manifest), "model": Path(model).name, "wer": round(wer_, 2), "cer": round(cer_, 2)}
+    }, table
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m proslushka.lm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m proslushka.lm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build a KenLM word n-gram model from text files")
     b.add_argument("text", nargs="+", help="text files, one sentence a line (normalized here)")
@@ -194,8 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--model", default=str(DEFAULT_MODEL), help="ONNX model (default: models/demo.onnx)")
     t.add_argument("--alpha", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0])
     t.add_argument("--beta", type=float, nargs="+", default=[0.0, 1.0, 2.0])
-    t.add_argument("--beam_width", type=int, nargs="+", default=[64, 32, 16], help="the first is used for the "
-                   "alpha/beta grid, the others are then tried at the best alpha/beta")
+    t.add_argument(
+        "--beam_width",
+        type=int,
+        nargs="+",
+        default=[64, 32, 16],
+        help="the first is used for the alpha/beta grid, the others are then tried at the best alpha/beta",
+    )
     t.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     args = p.parse_args(argv)
 
@@ -208,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                 p.error("--order must be 2 to 6 (tools/build_kenlm.sh builds KenLM for orders up to 6)")
             settings = build(args.text, args.output, args.order, args.exclude, args.kenlm_dir, args.arpa)
             size = Path(args.output).stat().st_size / 1e6
-            print(f"{args.output}: {size:.1f} MB, {settings['words']} words; tune it with python -m proslushka.lm "
-                  f"tune --manifest valid.jsonl --lm {args.output}")
+            print(
+                f"{args.output}: {size:.1f} MB, {settings['words']} words; tune it with python -m proslushka.lm "
+                f"tune --manifest valid.jsonl --lm {args.output}"
+            )
         else:
             settings = load_settings(args.lm)
             best, _ = tune(args.manifest, args.lm, args.model, args.alpha, args.beta, args.beam_width, args.threads)

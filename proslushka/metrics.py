@@ -31,8 +31,7 @@ def error_counts(ref: str, hyp: str) -> tuple[int, int, int, int]:
     """(char_edits, char_total, word_edits, word_total) of one utterance, with cer's and wer's conventions."""
     ref_words, hyp_words = ref.split(), hyp.split()
     ref_chars, hyp_chars = " ".join(ref_words), " ".join(hyp_words)
-    return (edit_distance(ref_chars, hyp_chars), len(ref_chars),
-            edit_distance(ref_words, hyp_words), len(ref_words))
+    return (edit_distance(ref_chars, hyp_chars), len(ref_chars), edit_distance(ref_words, hyp_words), len(ref_words))
 
 
 def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:

@@ -142,9 +142,16 @@ def quantize_int8(
             if calibration is None:
                 quantize_dynamic(src, dst, op_types_to_quantize=["Conv"], weight_type=QuantType.QUInt8)
             else:
-                quantize_static(src, dst, Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                                op_types_to_quantize=["Conv"], activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8)
+                quantize_static(
+                    src,
+                    dst,
+                    Reader(calibration),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    op_types_to_quantize=["Conv"],
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                )
             out = onnx.load(dst)
     finally:
         root.setLevel(level)

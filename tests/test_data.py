@@ -120,11 +120,13 @@ def test_duration_filters_drop_rows_and_count_them(corpus):
 
 @pytest.mark.parametrize("suffix, sep", [(".csv", ","), (".tsv", "\t")])
 def test_csv_and_tsv(corpus, suffix, sep):
-    lines = [sep.join(["duration", "text", "audio_filepath", "speaker"]),
-             sep.join(["0.3", "Привет", "audio/0.wav", "a"]),
-             sep.join(["0.5", "hi", "audio/1.wav", "b"]),
-             sep.join(["abc", "да", "audio/2.wav", "c"]),
-             sep.join(["0.8", "да"])]
+    lines = [
+        sep.join(["duration", "text", "audio_filepath", "speaker"]),
+        sep.join(["0.3", "Привет", "audio/0.wav", "a"]),
+        sep.join(["0.5", "hi", "audio/1.wav", "b"]),
+        sep.join(["abc", "да", "audio/2.wav", "c"]),
+        sep.join(["0.8", "да"]),
+    ]
     manifest = corpus / f"m{suffix}"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     utts = read_manifest(manifest, skip_bad=True)

@@ -76,8 +76,9 @@ def test_ddp_ranks_are_disjoint_equal_and_cover_everything(durations, replicas, 
 
 
 def test_ddp_drop_last_repeats_nothing(durations):
-    ranks = [list(DurationBucketSampler(durations, batch_size=32, num_replicas=3, rank=r, drop_last=True))
-             for r in range(3)]
+    ranks = [
+        list(DurationBucketSampler(durations, batch_size=32, num_replicas=3, rank=r, drop_last=True)) for r in range(3)
+    ]
     every = flat(flat(ranks))
     assert len(every) == len(set(every)) == 31 // 3 * 3 * 32  # the partial batch and the incomplete step go
     assert all(len(b) == 32 for r in ranks for b in r)

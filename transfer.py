@@ -67,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fetching {MODEL.name} ({MODEL.size}, MD5 {MODEL.md5})", file=sys.stderr)
             source = fetch(MODEL, Path(args.cache_dir) if args.cache_dir else None, args.url)
         nm = load_nemo(source)
-    except (NemoError, FetchError) as e:
+    except FetchError as e:  # exit 1: the input could not be had; 2: a bad .nemo or output path
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except NemoError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"error: {e.filename or out}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return 2
     cfg, feat, labels = nm.model_config, nm.feature_config, nm.labels
     notes = list(nm.notes)
     if args.normalize != "keep" and args.normalize != feat.normalize:

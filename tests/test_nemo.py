@@ -125,7 +125,7 @@ def test_transfer_cli_bad_input_exits_nonzero_and_writes_nothing(tmp_path):
     for reason, path in list(_bad_archives(tmp_path).items())[:4]:
         out = tmp_path / "out" / "m.pt"
         r = _run_transfer(path, "-o", out)
-        assert r.returncode != 0
+        assert r.returncode == 2
         assert reason in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert not out.parent.exists() or not any(out.parent.iterdir())
 

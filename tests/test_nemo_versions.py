@@ -203,9 +203,9 @@ def test_transfer_refuses_an_unwritable_output_before_reading(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = _transfer(NEMO / "quartznet_tiny" / "model.nemo", "-o", blocker / "m.pt")
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and str(blocker) in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and str(blocker) in r.stderr
     r = _transfer(NEMO / "quartznet_tiny" / "model.nemo", "-o", tmp_path)
-    assert r.returncode == 1 and "is a folder" in r.stderr
+    assert r.returncode == 2 and "is a folder" in r.stderr
 
 
 def test_nemo_0_11_archives_are_refused_with_a_reason(tmp_path):

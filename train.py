@@ -70,8 +70,8 @@ def parse_args(argv: list[str] | None = None):
         "--join_prob",
         type=float,
         default=d.join_prob,
-        help="share of clips joined with 1-2 others, "
-        "0.3-2 s pauses between, so that pauses are learned as blank (default: %(default)s)",
+        help="share of training items that are 2-3 clips joined with 0.3-2 s pauses between, so that pauses are "
+        "learned as blank; the groups are fixed by --seed and bucketed by length (default: %(default)s)",
     )
     g = p.add_argument_group("model")
     g.add_argument(

@@ -85,6 +85,19 @@ def join(clips: Sequence[np.ndarray], pauses: Sequence[np.ndarray]) -> np.ndarra
     return np.concatenate(parts).astype(np.float32)
 
 
+def join_groups(n: int, join_prob: float, seed: int) -> list[tuple[int, ...]]:
+    """Indices 0..n-1 shuffled into groups of 1 to 3, each index exactly once: a share join_prob of the groups
+    starts a join with 1 or 2 partners. Fixed for a run (a function of the seed), so that the sampler can bucket
+    joined clips by their real length: joined clips drawn per item would pad every batch they land in."""
+    rng = np.random.default_rng([seed, 7])
+    order, groups, i = rng.permutation(n).tolist(), [], 0
+    while i < n:
+        size = 1 + int(rng.integers(1, 3)) if rng.random() < join_prob else 1
+        groups.append(tuple(order[i : i + size]))
+        i += size
+    return groups
+
+
 @dataclass
 class AugmentConfig:
     """Training-time waveform augmentation; each probability is per utterance, 0 turns that step off."""
@@ -97,7 +110,7 @@ class AugmentConfig:
     silence_prob: float = 0.0  # leading and trailing silence, each up to silence_seconds
     silence_seconds: float = 1.0
     floor_db: tuple[float, float] = (-80.0, -50.0)  # a noise floor in this range, or digital zeros half the time
-    join_prob: float = 0.0  # join this utterance with 1 or 2 others, pauses of pause_seconds between
+    join_prob: float = 0.0  # share of items that are 2-3 clips joined, pauses of pause_seconds between (join_groups)
     pause_seconds: tuple[float, float] = (0.3, 2.0)
 
     def __post_init__(self) -> None:
@@ -114,7 +127,8 @@ class AugmentConfig:
 
 
 def augment(wave: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator, speech=None, sr: int = 16000):
-    """The noise, silence and gain steps of `cfg` on one waveform (joining is the dataset's: it changes the text)."""
+    """The noise, silence and gain steps of `cfg` on one waveform (joining is the dataset's: it changes the text and
+    the length, which the sampler must know)."""
     x = wave.astype(np.float32)
     if rng.random() < cfg.silence_prob:
         floor = None if rng.random() < 0.5 else rng.uniform(*cfg.floor_db)

@@ -241,9 +241,12 @@ class AudioDataset(torch.utils.data.Dataset):
         speed_perturb: Sequence[float] | None = None,
         seed: int = 0,
         augment: AugmentConfig | None = None,
+        groups: Sequence[Sequence[int]] | None = None,
     ):
         self.utterances = list(utterances)
         self.augment = augment if augment is not None and augment.active else None
+        # the items: groups of utterance indices, joined with pauses between (augment.join_groups); default: one each
+        self.groups = [tuple(g) for g in groups] if groups is not None else [(i,) for i in range(len(utterances))]
         self.labels = tuple(labels)
         self.sample_rate = sample_rate
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -259,36 +262,41 @@ class AudioDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.utterances)
+        return len(self.groups)
+
+    @property
+    def durations(self) -> list[float]:
+        """Seconds of each item (a group's clips plus its pauses at their mean length): what the sampler buckets."""
+        pause = float(np.mean(self.augment.pause_seconds)) if self.augment else 0.0
+        return [sum(self.utterances[i].duration for i in g) + pause * (len(g) - 1) for g in self.groups]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        utt = self.utterances[index]
-        wave, text = self.load(utt.audio_filepath), utt.text
+        group = [self.utterances[i] for i in self.groups[index]]
+        wave, text = self.load(group[0].audio_filepath), group[0].text
+        if len(group) > 1:  # a pause is learned as blank: clips joined with silence between, their texts too
+            wave = self._join([wave] + [self.load(u.audio_filepath) for u in group[1:]], index)
+            text = " ".join(u.text for u in group)
         if self.speed_perturb:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             wave = change_speed(wave, self.speed_perturb[rng.integers(len(self.speed_perturb))])
         if self.augment is not None:
-            wave, text = self._augment(wave, text, np.random.default_rng([self.seed, self.epoch, index, 1]))
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            wave = augment.augment(wave, self.augment, rng, self._other_clip, self.sample_rate)
         ids = encode(text, self.labels)
         return torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)), torch.tensor(ids, dtype=torch.int64)
 
-    def _augment(self, wave: np.ndarray, text: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-        """Join 1-2 other clips after this one (pauses of silence between, the texts joined) with probability
-        join_prob, so the model learns that a pause is blank; then silence, noise and gain (augment.augment)."""
-        cfg, sr = self.augment, self.sample_rate
-        if rng.random() < cfg.join_prob:
-            others = [self.utterances[i] for i in rng.integers(len(self.utterances), size=rng.integers(1, 3))]
-            clips = [wave] + [self.load(u.audio_filepath) for u in others]
-            pauses = []
-            for _ in others:
-                floor = None if rng.random() < 0.5 else rng.uniform(*cfg.floor_db)
-                pauses.append(augment.silence(int(rng.uniform(*cfg.pause_seconds) * sr), rng, floor))
-            wave, text = augment.join(clips, pauses), " ".join([text] + [u.text for u in others])
+    def _join(self, clips: list[np.ndarray], index: int) -> np.ndarray:
+        """The clips with pauses of pause_seconds between, each digital silence or a low noise floor."""
+        cfg, rng = self.augment or AugmentConfig(), np.random.default_rng([self.seed, self.epoch, index, 2])
+        pauses = []
+        for _ in clips[1:]:
+            floor = None if rng.random() < 0.5 else rng.uniform(*cfg.floor_db)
+            pauses.append(augment.silence(int(rng.uniform(*cfg.pause_seconds) * self.sample_rate), rng, floor))
+        return augment.join(clips, pauses)
 
-        def speech(r: np.random.Generator) -> np.ndarray:  # babble: other training clips
-            return self.load(self.utterances[r.integers(len(self.utterances))].audio_filepath)
-
-        return augment.augment(wave, cfg, rng, speech, sr), text
+    def _other_clip(self, rng: np.random.Generator) -> np.ndarray:
+        """A random training clip: the voices of babble noise."""
+        return self.load(self.utterances[rng.integers(len(self.utterances))].audio_filepath)
 
     def load(self, path: str) -> np.ndarray:
         """Decoded float32 audio, from the cache when it holds this version of the file."""

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint
 from .audio import AudioError
-from .augment import AugmentConfig
+from .augment import AugmentConfig, join_groups
 from .data import AudioDataset, DurationBucketSampler, Manifest, SpecAugment, collate, read_manifest
 from .features import FeatureConfig, LogMel
 from .files import check_writable, remove_stale_temps
@@ -354,14 +354,14 @@ class Trainer:
         self.amp = amp_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
-        durations = self.train_set.durations
-        self.sampler = DurationBucketSampler(
-            durations, cfg.batch_size, cfg.batch_seconds, cfg.seed, self.dist.world, self.dist.rank
-        )
         augment = AugmentConfig(cfg.noise_prob, tuple(cfg.snr_db), gain_prob=cfg.gain_prob,
                                 silence_prob=cfg.silence_prob, join_prob=cfg.join_prob)  # fmt: skip
+        groups = join_groups(len(self.train_set), cfg.join_prob, cfg.seed) if cfg.join_prob else None
         self.dataset = AudioDataset(self.train_set, self.labels, self.feat_cfg.sample_rate, cfg.cache_dir,
-                                    cfg.speed_perturb or None, cfg.seed, augment)  # fmt: skip
+                                    cfg.speed_perturb or None, cfg.seed, augment, groups)  # fmt: skip
+        self.sampler = DurationBucketSampler(
+            self.dataset.durations, cfg.batch_size, cfg.batch_seconds, cfg.seed, self.dist.world, self.dist.rank
+        )
         self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.accumulate)
         total = cfg.max_epochs * self.steps_per_epoch
         if cfg.max_steps:

@@ -70,25 +70,34 @@ def test_augment_is_a_function_of_its_generator():
         augment.AugmentConfig(noise_prob=1.5)
 
 
-def test_dataset_augmentation_joins_texts_and_is_a_function_of_seed_epoch_index(tmp_path):
+def test_join_groups_partition_the_clips():
+    groups = augment.join_groups(10_000, 0.3, seed=1)
+    assert sorted(i for g in groups for i in g) == list(range(10_000))
+    assert {len(g) for g in groups} == {1, 2, 3}
+    assert abs(sum(len(g) > 1 for g in groups) / len(groups) - 0.3) < 0.02
+    assert groups == augment.join_groups(10_000, 0.3, seed=1) != augment.join_groups(10_000, 0.3, seed=2)
+    assert all(len(g) == 1 for g in augment.join_groups(5, 0.0, seed=1))
+
+
+def test_dataset_joins_groups_and_is_a_function_of_seed_epoch_index(tmp_path):
     from test_trainer import FOUR, write_manifest
 
     from proslushka.data import AudioDataset, read_manifest
     from proslushka.text import LABELS, decode
 
     utts = read_manifest(write_manifest(tmp_path / "m.jsonl", FOUR))
-    cfg = augment.AugmentConfig(join_prob=1.0, noise_prob=1.0, silence_prob=1.0, noise_kinds=("babble", "pink"))
-    ds = AudioDataset(utts, augment=cfg, seed=3)
+    cfg = augment.AugmentConfig(join_prob=0.5, noise_prob=1.0, silence_prob=1.0, noise_kinds=("babble", "pink"))
+    groups = [(1, 0), (2,), (3,)]
+    ds = AudioDataset(utts, augment=cfg, seed=3, groups=groups)
     plain = AudioDataset(utts)
-    wave, ids = ds[1]
-    again = AudioDataset(utts, augment=cfg, seed=3)[1]
+    assert len(ds) == 3 and ds.durations[0] == utts[1].duration + utts[0].duration + sum(cfg.pause_seconds) / 2
+    wave, ids = ds[0]
+    again = AudioDataset(utts, augment=cfg, seed=3, groups=groups)[0]
     assert torch.equal(wave, again[0]) and torch.equal(ids, again[1])  # what a resumed run sees
-    text = decode(ids.tolist(), LABELS)
-    parts = [u.text for u in utts]
-    assert text.startswith(utts[1].text + " ") and any(text.endswith(" " + p) for p in parts)
-    assert len(wave) > len(plain[1][0]) + 0.3 * 16000  # another clip and a pause at least
+    assert decode(ids.tolist(), LABELS) == utts[1].text + " " + utts[0].text
+    assert len(wave) >= len(plain[1][0]) + len(plain[0][0]) + 0.3 * 16000  # both clips and a pause
     ds.set_epoch(1)
-    assert not torch.equal(ds[1][0], wave)  # a new epoch draws anew
+    assert not torch.equal(ds[0][0], wave)  # a new epoch draws anew
     assert torch.equal(plain[1][0], AudioDataset(utts, augment=augment.AugmentConfig())[1][0])  # off: unchanged
 
 

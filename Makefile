@@ -12,7 +12,7 @@ TRAIN := $(PYTHON) train.py --train_manifest $(DATA)/train/manifest.jsonl \
 # $(call train_into,DIR): the output folder, resuming the run already there
 train_into = --out_dir $(1) $(if $(wildcard $(1)/last.pt),--resume $(1)/last.pt)
 
-.PHONY: demo demo-stage1 demo-stage2 demo-eval golos-eval test
+.PHONY: demo demo-stage1 demo-stage2 demo-eval demo2 demo2-eval golos-eval test
 
 demo: demo-stage2
 	$(PYTHON) export.py --checkpoint $(RUN)/stage2/best.pt --quantize int8 -o models/demo.onnx
@@ -33,7 +33,26 @@ demo-stage2: demo-stage1
 
 # the README's evaluation: greedy WER and CER of the shipped model on ru-synth valid
 demo-eval: $(DATA)/train/manifest.jsonl
-	$(PYTHON) transcribe.py --manifest $(DATA)/valid/manifest.jsonl --report runs/demo-valid-errors.tsv --batch_size 8
+	$(PYTHON) transcribe.py --manifest $(DATA)/valid/manifest.jsonl --report runs/demo-valid-errors.tsv --batch_size 8 \
+		--lm none
+
+# Demo model v2 (issue #11; in progress, docs/runs/README.md): train + the `more` split (27.6 h), augmentation on the
+# fly, the medium preset; about 1.4 h an epoch on 2 cores. Run `make demo2` again to continue from last.pt.
+RUN2 := runs/demo2-medium
+$(DATA)/more/manifest.jsonl: $(DATA)/train/manifest.jsonl
+	$(PYTHON) $(RU_SYNTH)/render.py --out $(DATA) --splits more
+$(DATA)/eval/long/manifest.jsonl: $(DATA)/train/manifest.jsonl
+	$(PYTHON) tools/make_eval_sets.py --out $(DATA)/eval
+demo2: $(DATA)/more/manifest.jsonl
+	$(PYTHON) train.py --train_manifest $(DATA)/train/manifest.jsonl $(DATA)/more/manifest.jsonl \
+		--valid_manifest $(DATA)/valid/manifest.jsonl --model medium --normalize per_feature --batch_size 16 \
+		--max_epochs 8 --lr 2e-3 --warmup_steps 300 --speed_perturb 0.9 1.0 1.1 --rect_masks 2 --rect_freq 25 \
+		--rect_time 40 --noise_prob 0.5 --snr_db 0 30 --gain_prob 0.3 --silence_prob 0.3 --join_prob 0.3 \
+		--cache_dir data/cache --num_workers 1 --save_every 200 $(call train_into,$(RUN2))
+	$(PYTHON) export.py --checkpoint $(RUN2)/best.pt --quantize int8 -o $(RUN2)/model.onnx
+# clean, noisy and long-file CER and whole-path RTF of the shipped model and v2, side by side
+demo2-eval: $(DATA)/eval/long/manifest.jsonl
+	$(PYTHON) bench/eval_sets.py --model models/demo.onnx --model $(RUN2)/model.onnx
 
 # Golos's WER table with Sber's checkpoint: download (68 MB) and transfer it, export, fetch the test set (1.3 GB),
 # transcribe crowd and farfield. GOLOS_LM=path/to/lm.binary adds the beam-search row (e.g. from Golos's KenLMs.tar).

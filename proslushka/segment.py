@@ -19,7 +19,6 @@ __all__ = ["MAX_CHUNK_SECONDS", "pause_cut", "split", "stream_audio"]  # stream_
 
 MAX_CHUNK_SECONDS = 20.0  # QuartzNet's receptive field is ~1.3 s; longer chunks only cost memory
 SEARCH_SECONDS = 5.0  # where to look for a pause: the last 5 s before the limit
-FRAME_SECONDS = 0.03  # energy frames
 QUIET_DB = 6.0  # frames within this of the quietest one count as pause (a noise floor wobbles by a few dB)
 VAD_FRAME_SECONDS = 0.02  # speech-detector frames when no model frame is given
 MARGIN_SECONDS = 0.3  # with skip_silence: audio kept on each side of a stretch of speech
@@ -31,8 +30,7 @@ def pause_cut(audio: np.ndarray, lo: int, hi: int, frame: int) -> int:
     n = (hi - lo) // frame
     if n < 1:
         return hi
-    frames = audio[lo : lo + n * frame].astype(np.float64).reshape(n, frame)
-    energy = 10 * np.log10((frames**2).mean(axis=1) + 1e-10)
+    energy = frame_energy_db(audio[lo : lo + n * frame], frame)
     quiet = np.concatenate([[0], energy <= energy.min() + QUIET_DB, [0]]).astype(np.int8)
     edges = np.diff(quiet)
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)

@@ -16,6 +16,7 @@ import torch
 from .features import FeatureConfig
 from .files import atomic_write
 from .model import ModelConfig, QuartzNet
+from .text import labels_problem
 
 FORMAT = "proslushka-1"
 
@@ -90,10 +91,8 @@ def unpack(ckpt: dict[str, Any], name: str = "checkpoint") -> tuple[QuartzNet, F
 
 def _config_problem(cfg: ModelConfig, labels: Any) -> str | None:
     """What makes the model config unusable with these labels, or None (sizes are checked by the weights)."""
-    if not isinstance(labels, list | tuple) or not all(isinstance(c, str) and len(c) == 1 for c in labels):
-        return "labels are not a list of single characters"
-    if len(set(labels)) != len(labels):
-        return "labels have repeated characters"
+    if why := labels_problem(labels):
+        return why
     if cfg.num_classes != len(labels) + 1:
         return f"{cfg.num_classes} outputs for {len(labels)} labels (+ blank)"
     if not cfg.blocks or cfg.feat_in < 1:

@@ -23,6 +23,7 @@ from .audio import AudioError
 from .decode import BeamDecoder, DecoderError, load_settings, settings_path
 from .features import FeatureConfig, batch_numpy, log_mel_numpy
 from .segment import MAX_CHUNK_SECONDS, split, stream_audio
+from .text import labels_problem
 
 POOL_BATCHES = 4  # chunks held for sorting by length: batch_size × this (a longer pool pads less but holds more)
 
@@ -37,8 +38,8 @@ def read_metadata(values: dict[str, str]) -> tuple[list[str], FeatureConfig, int
     labels = json.loads(values["labels"])
     if not isinstance(labels, list) or not 1 <= len(labels) <= 4096:
         raise ValueError("labels must be a JSON list of 1 to 4096 characters")
-    if not all(isinstance(c, str) and len(c) == 1 for c in labels) or len(set(labels)) != len(labels):
-        raise ValueError("labels must be distinct single characters")
+    if why := labels_problem(labels):
+        raise ValueError(why)
     feature_config = FeatureConfig.from_dict(json.loads(values["feature_config"]))
     stride = values.get("subsampling_factor", "2")
     if not stride.isdigit() or not 1 <= int(stride) <= 64:

@@ -22,6 +22,7 @@ import yaml
 
 from .features import FeatureConfig, mel_filterbank
 from .model import BlockConfig, ModelConfig, QuartzNet
+from .text import labels_problem
 
 MAX_MEMBER_BYTES = 2 << 30  # a QuartzNet15x5 is ~76 MB; refuse to read absurd members into memory
 MAX_CONFIG_BYTES = 4 << 20  # a QuartzNet15x5 config is ~10 kB
@@ -278,8 +279,8 @@ def model_config_from(config: dict[str, Any], era: Era) -> tuple[ModelConfig, li
     labels = config.get("labels") or dec.get("vocabulary")
     if not isinstance(labels, list) or not 1 <= len(labels) <= 4096:
         raise NemoError("the config has no list of labels (labels or decoder.vocabulary; 1 to 4096 of them)")
-    if not all(isinstance(c, str) and len(c) == 1 for c in labels) or len(set(labels)) != len(labels):
-        raise NemoError("the labels must be distinct single characters (a character-vocabulary model)")
+    if why := labels_problem(labels):
+        raise NemoError(f"the {why}: a character-vocabulary model")
     num_classes = dec.get("num_classes", len(labels))
     if num_classes not in (-1, len(labels)):  # -1: "take the vocabulary's length", as NeMo does
         raise NemoError(f"decoder.num_classes={str(num_classes)[:20]} but {len(labels)} labels")

@@ -41,6 +41,16 @@ def check(text: str, labels: Sequence[str] = LABELS) -> str | None:
     return None
 
 
+def labels_problem(labels: object) -> str | None:
+    """Why `labels` cannot be a model's alphabet (a list of distinct single characters), or None. One rule for a
+    .nemo config, an ONNX model's metadata and a checkpoint."""
+    if not isinstance(labels, list | tuple) or not all(isinstance(c, str) and len(c) == 1 for c in labels):
+        return "labels must be distinct single characters (not a list of them)"
+    if len(set(labels)) != len(labels):
+        return "labels must be distinct single characters (some repeat)"
+    return None
+
+
 def encode(text: str, labels: Sequence[str] = LABELS) -> list[int]:
     """Normalized text → label ids. Raises TextError on characters outside `labels`."""
     index = {c: i for i, c in enumerate(labels)}

@@ -1,0 +1,98 @@
+"""onnx_import: a model exported by export.py (fp32 or int8) comes back as trainable torch weights."""
+
+import copy
+
+import onnx
+import pytest
+import torch
+
+from proslushka import checkpoint, onnx_export
+from proslushka.features import FeatureConfig
+from proslushka.model import QuartzNet, preset
+from proslushka.onnx_import import OnnxImportError, calibrate_batchnorm, from_onnx
+from proslushka.text import LABELS
+from tools import onnx_to_checkpoint
+
+
+def trained_looking(seed: int = 0) -> QuartzNet:
+    """A tiny model whose BatchNorms are not the identity (as after training), so folding them matters."""
+    torch.manual_seed(seed)
+    model = QuartzNet(preset("tiny"))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            c = m.num_features
+            m.weight.data = torch.rand(c) + 0.5
+            m.bias.data = torch.randn(c) * 0.1
+            m.running_mean = torch.randn(c) * 0.2
+            m.running_var = torch.rand(c) * 2 + 0.1
+    return model.eval()
+
+
+def features(seed: int, frames: int) -> torch.Tensor:
+    return torch.randn(64, frames, generator=torch.Generator().manual_seed(seed))
+
+
+def logprobs(model: QuartzNet, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x[None], torch.tensor([x.shape[-1]]))[0][0]
+
+
+def test_fp32_round_trip_computes_the_same():
+    model = trained_looking()
+    back, feature_config, labels = from_onnx(onnx_export.to_onnx(model, FeatureConfig(), list(LABELS)))
+    assert labels == list(LABELS) and feature_config == FeatureConfig()
+    x = features(1, 333)
+    assert torch.allclose(logprobs(back, x), logprobs(model, x), atol=1e-4)
+    assert onnx_export.compare(back, onnx_export.to_onnx(model, FeatureConfig(), list(LABELS))) < 1e-4
+
+
+def test_int8_weights_are_the_folded_weights_within_half_a_step():
+    model = trained_looking()
+    proto = onnx_export.quantize_int8(onnx_export.to_onnx(model, FeatureConfig(), list(LABELS)))
+    back, _, _ = from_onnx(proto)
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if i.name.endswith("_scale")}
+    sub = model.blocks[1].subs[0]  # pointwise conv followed by its BatchNorm: W · gamma / sqrt(var + eps)
+    with torch.no_grad():
+        folded = sub.conv.weight * (sub.bn.weight / torch.sqrt(sub.bn.running_var + sub.bn.eps))[:, None, None]
+    step = max(float(v) for v in scales.values())
+    got = back.blocks[1].subs[0].conv.weight.detach()
+    assert float((got - folded).abs().max()) <= step / 2 + 1e-6
+    dw = back.blocks[1].subs[0].dw.weight.detach()  # depthwise: no BatchNorm of its own, so the plain weight
+    assert float((dw - sub.dw.weight.detach()).abs().max()) <= step / 2 + 1e-6
+    assert not torch.equal(dw, sub.dw.weight.detach())  # it really went through int8
+
+
+def test_calibration_keeps_eval_output_and_makes_training_mode_agree():
+    model = trained_looking()
+    back, _, _ = from_onnx(onnx_export.to_onnx(model, FeatureConfig(), list(LABELS)))
+    clip = features(2, 400)
+    before = logprobs(back, clip)
+    assert calibrate_batchnorm(back, [clip]) == 1
+    assert torch.allclose(logprobs(back.eval(), clip), before, atol=1e-4)
+    # on the clip it was calibrated on, batch statistics are the stored ones, layer after layer
+    assert torch.allclose(logprobs(copy.deepcopy(back).train(), clip), before, atol=1e-3)
+    # without calibration (identity BatchNorms) training mode is a different function
+    raw, _, _ = from_onnx(onnx_export.to_onnx(model, FeatureConfig(), list(LABELS)))
+    assert float((logprobs(raw.train(), clip) - before).abs().max()) > 0.1
+
+
+def test_foreign_onnx_is_refused():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [x])
+    with pytest.raises(OnnxImportError, match="export.py"):
+        from_onnx(onnx.helper.make_model(graph))
+
+
+def test_tool_writes_a_checkpoint_that_loads(tmp_path, capsys):
+    model = trained_looking()
+    onnx_export.save(onnx_export.to_onnx(model, FeatureConfig(), list(LABELS)), tmp_path / "m.onnx")
+    assert onnx_to_checkpoint.main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.pt")]) == 0
+    loaded, _, labels, _ = checkpoint.load_model(tmp_path / "m.pt")
+    x = features(3, 250)
+    assert labels == list(LABELS)
+    assert torch.allclose(logprobs(loaded, x), logprobs(model, x), atol=1e-4)
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    assert onnx_to_checkpoint.main([str(tmp_path / "bad.onnx"), "-o", str(tmp_path / "x.pt")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.onnx" in err[0]
+    assert not (tmp_path / "x.pt").exists()

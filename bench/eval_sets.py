@@ -1,7 +1,7 @@
 """Models side by side on the clean, noisy and long-file evaluation sets: CER/WER and whole-path speed.
 
     python tools/make_eval_sets.py                       # once: data/ru-synth/eval/{noisy,long}
-    python bench/eval_sets.py --model models/demo.onnx --model runs/demo2/model.onnx [--lm none]
+    python bench/eval_sets.py --model runs/demo-v1.onnx --model models/demo.onnx [--lm models/demo-lm.bin]
 
 For each model (one thread, greedy unless --lm): CER and WER on ru-synth valid, on the noisy set (overall and per
 SNR) and on the long files; the long files' CER beside the same clips one by one; the real-time factor of the

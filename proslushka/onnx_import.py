@@ -46,13 +46,31 @@ def _module_path(node: onnx.NodeProto) -> str:
     return ".".join(parts[:-1])
 
 
+def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers, and the outputs of DequantizeLinear nodes over initializers (static int8: per-channel)."""
+    consts = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or not all(i in consts for i in node.input if i):
+            continue
+        x = consts[node.input[0]].astype(np.float64)
+        scale = consts[node.input[1]].astype(np.float64)
+        zero = consts[node.input[2]].astype(np.float64) if len(node.input) > 2 and node.input[2] else 0.0
+        if np.ndim(scale) == 1:  # per-axis: broadcast along `axis` (default 1)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+        consts[node.output[0]] = ((x - zero) * scale).astype(np.float32)
+    return consts
+
+
 def _folded_convs(proto: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """Module path → (weight, bias or None) for every Conv / ConvInteger node, int8 weights dequantized."""
-    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    inits = _constants(proto)
     reshapes = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Reshape"}
     convs = {}
     for node in proto.graph.node:
-        if node.op_type == "Conv":
+        if node.op_type == "Conv":  # fp32, or static int8 (QDQ): its weight and bias come from DequantizeLinear
             weight = inits.get(node.input[1])
             bias = inits.get(node.input[2]) if len(node.input) > 2 else None
         elif node.op_type == "ConvInteger":

@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -60,6 +61,33 @@ def test_int8_weights_are_the_folded_weights_within_half_a_step():
     dw = back.blocks[1].subs[0].dw.weight.detach()  # depthwise: no BatchNorm of its own, so the plain weight
     assert float((dw - sub.dw.weight.detach()).abs().max()) <= step / 2 + 1e-6
     assert not torch.equal(dw, sub.dw.weight.detach())  # it really went through int8
+
+
+def test_static_int8_comes_back_close():
+    model = trained_looking()
+    calib = [
+        {"audio_signal": features(10 + i, 200)[None].numpy(), "length": np.array([200], dtype=np.int64)}
+        for i in range(4)
+    ]
+    proto = onnx_export.quantize_int8(onnx_export.to_onnx(model, FeatureConfig(), list(LABELS)), calib)
+    assert any(n.op_type == "DequantizeLinear" for n in proto.graph.node)
+    back, _, _ = from_onnx(proto)
+    sub, got = model.blocks[1].subs[0], back.blocks[1].subs[0]
+    with torch.no_grad():
+        folded = sub.conv.weight * (sub.bn.weight / torch.sqrt(sub.bn.running_var + sub.bn.eps))[:, None, None]
+        step = folded.abs().amax((1, 2), keepdim=True) / 127  # per-channel symmetric int8
+        assert bool(((got.conv.weight - folded).abs() <= step / 2 + 1e-6).all())
+        assert (
+            float(
+                (
+                    got.bn.bias
+                    - (sub.bn.bias - sub.bn.running_mean * sub.bn.weight / torch.sqrt(sub.bn.running_var + sub.bn.eps))
+                )
+                .abs()
+                .max()
+            )
+            < 1e-3
+        )
 
 
 def test_calibration_keeps_eval_output_and_makes_training_mode_agree():

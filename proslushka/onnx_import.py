@@ -21,6 +21,7 @@ import torch
 from onnx import numpy_helper
 
 from .features import FeatureConfig
+from .infer import read_metadata
 from .model import BN_EPS, JasperBlock, ModelConfig, QuartzNet, SubBlock
 
 
@@ -135,8 +136,11 @@ def from_onnx(
     if missing:
         raise OnnxImportError(f"{len(missing)} weights not found in the ONNX graph, e.g. {missing[0]!r}")
     model.load_state_dict(new, strict=False)
-    feature_config = FeatureConfig.from_dict(json.loads(meta["feature_config"]))
-    return model.eval(), feature_config, json.loads(meta["labels"])
+    try:
+        labels, feature_config, _ = read_metadata(meta)  # the same checks as the transcriber's
+    except (ValueError, KeyError, TypeError) as e:
+        raise OnnxImportError(f"metadata: {e}") from None
+    return model.eval(), feature_config, labels
 
 
 @torch.no_grad()

@@ -101,3 +101,38 @@ def _config_problem(cfg: ModelConfig, labels: Any) -> str | None:
         if min(b.filters, b.repeat, b.kernel, b.stride, b.dilation) < 1:
             return f"block {i}: filters, repeat, kernel, stride and dilation must be at least 1"
     return None
+
+
+def average(ckpts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """One checkpoint whose weights are the mean of the given ones' (the same model, labels and features).
+
+    Checkpoints of one run a few hundred steps apart sit around the same minimum; their mean often lies nearer its
+    middle than any of them (valid CER 9.07 -> 8.67% for two of the demo model's, docs/runs/). BatchNorm running
+    statistics are averaged like weights; integer buffers (BatchNorm's batch count) come from the last checkpoint,
+    as does everything else but the training state, which an average has none of.
+    """
+    if not ckpts:
+        raise CheckpointError("no checkpoints to average")
+    first, last = ckpts[0], ckpts[-1]
+    for ckpt, name in zip(ckpts, names, strict=True):
+        for key in ("labels", "model_config", "feature_config"):
+            if ckpt.get(key) != first.get(key):
+                raise CheckpointError(
+                    f"{name} and {names[0]} have different {key}: only checkpoints of one model average"
+                )
+        if ckpt["model"].keys() != first["model"].keys():
+            raise CheckpointError(f"{name}: its weights are not {names[0]}'s (other names)")
+    model = {}
+    for key, value in last["model"].items():
+        if not value.is_floating_point():
+            model[key] = value
+            continue
+        total = torch.zeros(value.shape, dtype=torch.float64)
+        for ckpt, name in zip(ckpts, names, strict=True):
+            if ckpt["model"][key].shape != value.shape:
+                raise CheckpointError(
+                    f"{name}: {key} has shape {tuple(ckpt['model'][key].shape)}, not {tuple(value.shape)}"
+                )
+            total += ckpt["model"][key].double()
+        model[key] = (total / len(ckpts)).to(value.dtype)
+    return {**{k: v for k, v in last.items() if k != "trainer"}, "model": model, "averaged": list(names)}

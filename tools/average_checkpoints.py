@@ -1,0 +1,43 @@
+"""Average the weights of several checkpoints of one model (e.g. the last few of a run) into one checkpoint that
+export.py and `train.py --init` take.
+
+    python tools/average_checkpoints.py runs/x/snap-*.pt -o runs/x/averaged.pt
+
+Every checkpoint must hold the same model config, labels and feature config. See proslushka.checkpoint.average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="checkpoints (.pt) to average")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt)")
+    args = p.parse_args(argv)
+
+    from proslushka import checkpoint
+
+    try:
+        ckpts = [checkpoint.load(path) for path in args.checkpoints]
+        averaged = checkpoint.average(ckpts, args.checkpoints)
+        checkpoint.unpack(averaged, args.output)  # builds: the file written is one export.py and --init take
+        checkpoint.save(args.output, averaged)
+    except checkpoint.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or args.output}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}: the mean of {len(ckpts)} checkpoints")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -110,6 +110,13 @@ def parse_args(argv: list[str] | None = None):
         "--save_every", type=int, default=d.save_every, help="steps between last.pt saves (default: %(default)s)"
     )
     g.add_argument(
+        "--keep",
+        type=int,
+        default=d.keep,
+        help="also keep the weights of the last N of those saves as step-NNNNNNN.pt, for "
+        "tools/average_checkpoints.py (default: %(default)s)",
+    )
+    g.add_argument(
         "--log_every", type=int, default=d.log_every, help="steps between metric rows (default: %(default)s)"
     )
     g.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bar")

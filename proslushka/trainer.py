@@ -85,6 +85,7 @@ class TrainConfig:
     device: str = "auto"
     # bookkeeping
     save_every: int = 500  # optimizer steps between last.pt saves (and at every epoch end)
+    keep: int = 0  # also keep the weights of the last `keep` of those saves, as step-NNNNNNN.pt (for averaging)
     log_every: int = 10
     valid_samples: int = 3
     progress: bool = True
@@ -115,6 +116,12 @@ class TrainError(RuntimeError):
 # point into other batches).
 RESUME_FIXED = ("model", "se", "init", "normalize", "labels", "amp")
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png")  # what a run writes in out_dir
+STEP_PREFIX = "step-"  # and with --keep, step-NNNNNNN.pt
+
+
+def kept_weights(out: Path) -> list[Path]:
+    """The step-NNNNNNN.pt files of a run folder, oldest first."""
+    return sorted(p for p in out.glob(f"{STEP_PREFIX}*.pt") if p.stem[len(STEP_PREFIX) :].isdigit())
 
 
 def check_config(cfg: TrainConfig) -> str | None:
@@ -143,7 +150,7 @@ def check_config(cfg: TrainConfig) -> str | None:
         need(cfg.min_duration <= cfg.max_duration, "min_duration", "not above --max_duration")
     for name in ("accumulate", "max_epochs", "save_every", "log_every"):
         need(getattr(cfg, name) >= 1, name, "at least 1")
-    for name in ("num_workers", "warmup_steps", "rect_masks", "rect_freq", "rect_time", "valid_samples"):
+    for name in ("num_workers", "warmup_steps", "rect_masks", "rect_freq", "rect_time", "valid_samples", "keep"):
         need(getattr(cfg, name) >= 0, name, "not negative")
     need(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", "at least 1")
     need(cfg.stop_at_step is None or cfg.stop_at_step >= 0, "stop_at_step", "not negative")
@@ -465,7 +472,7 @@ class Trainer:
             check_writable(self.out / "last.pt")
         except OSError as e:
             raise TrainError(f"{e.filename or self.out}: cannot write there ({e.strerror})", code=2) from None
-        previous = [n for n in RUN_FILES if (self.out / n).exists()]
+        previous = [n for n in RUN_FILES if (self.out / n).exists()] + [p.name for p in kept_weights(self.out)][:1]
         if previous and not self._resuming_here() and not cfg.overwrite:
             raise TrainError(
                 f"{self.out}: holds a previous run ({', '.join(previous)}): --resume {self.out / 'last.pt'} continues "
@@ -484,11 +491,14 @@ class Trainer:
         try:
             check_writable(self.out / "last.pt", need_bytes=need)
             if self.cfg.overwrite and not self._resuming_here():
-                for name in RUN_FILES:
-                    (self.out / name).unlink(missing_ok=True)
-            for name in RUN_FILES:
-                for tmp in remove_stale_temps(self.out / name):
+                for path in [self.out / n for n in RUN_FILES] + kept_weights(self.out):
+                    path.unlink(missing_ok=True)
+            for path in [self.out / n for n in RUN_FILES] + kept_weights(self.out):
+                for tmp in remove_stale_temps(path):
                     self.log(f"removed {tmp}, left by a save that was killed")
+            for tmp in self.out.glob(f".{STEP_PREFIX}*.pt.*.tmp"):  # a step file killed before its first rename
+                tmp.unlink(missing_ok=True)
+                self.log(f"removed {tmp}, left by a save that was killed")
             self.out.mkdir(parents=True, exist_ok=True)
             metrics = self.out / "metrics.jsonl"
             if metrics.exists() and metrics.stat().st_size and not _ends_with_newline(metrics):
@@ -526,6 +536,17 @@ class Trainer:
         if self.dist.main:
             with self._writing(self.out / name):
                 checkpoint.save(self.out / name, state)
+
+    def keep_weights(self) -> None:
+        """The model's weights alone as step-NNNNNNN.pt, the oldest beyond cfg.keep removed: evenly spaced
+        checkpoints of the run's end for tools/average_checkpoints.py (a third of last.pt's size: no optimizer)."""
+        if not self.cfg.keep or not self.dist.main:
+            return
+        name = f"{STEP_PREFIX}{self.step:07d}.pt"
+        with self._writing(self.out / name):
+            checkpoint.save(self.out / name, checkpoint.make(self.model, self.feat_cfg, self.labels, step=self.step))
+            for old in kept_weights(self.out)[: -self.cfg.keep]:
+                old.unlink(missing_ok=True)
 
     def metric(self, **row: Any) -> None:
         if self.dist.main:
@@ -668,6 +689,7 @@ class Trainer:
             micro, utts, tokens, loss_sum, seconds, t0 = 0, 0, 0, 0.0, 0.0, time.time()
             if self.step % cfg.save_every == 0:
                 self.save("last.pt")
+                self.keep_weights()
             stop = flag.stop or self._done()
             if self.dist.world > 1:  # all ranks stop together, or the others hang in the next all-reduce
                 s = torch.tensor(float(stop), device=self.device)

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from conftest import AUDIO, ROOT
 
 from proslushka import checkpoint
-from proslushka.trainer import TrainConfig, Trainer, train
+from proslushka.trainer import TrainConfig, Trainer, TrainError, train
 
 TEXTS = {
     "utt1": "привет как дела",
@@ -214,3 +214,29 @@ def test_recipe_aliases(flag):
 
     cfg = train_script.parse_args(["--train_manifest", "m.jsonl", flag, "4" if "accumulate" in flag else "x.pt"])
     assert cfg.accumulate == 4 if "accumulate" in flag else cfg.resume == "x.pt"
+
+
+def test_keep_leaves_the_weights_of_the_last_saves_for_averaging(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(parents=True)
+    (run / ".step-0000002.pt.abc.tmp").write_bytes(b"half")  # a step file's save killed before its rename
+    train(tiny_cfg(tmp_path, max_steps=7, save_every=2, keep=2))  # saves at steps 2, 4, 6; 7 ends the run
+    kept = sorted(p.name for p in run.glob("step-*.pt"))
+    assert kept == ["step-0000004.pt", "step-0000006.pt"] and not list(run.glob(".*.tmp"))
+    four, six = checkpoint.load(run / kept[0]), checkpoint.load(run / kept[1])
+    assert four["step"] == 4 and six["step"] == 6 and "trainer" not in six  # weights alone, no optimizer state
+    assert any(not torch.equal(four["model"][k], six["model"][k]) for k in six["model"])
+    checkpoint.unpack(six)  # a usable model, as tools/average_checkpoints.py needs
+
+    # the same run stopped at step 6 has last.pt's weights equal to step 6's kept ones
+    train(tiny_cfg(tmp_path / "b", max_steps=7, save_every=2, keep=2, stop_at_step=6))
+    b = tmp_path / "b" / "run"
+    assert all(torch.equal(_params(b / "last.pt")[k], v) for k, v in _params(b / "step-0000006.pt").items())
+
+    # step files count as a previous run; --overwrite removes them with the rest
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "curves.png"):
+        (run / name).unlink(missing_ok=True)
+    with pytest.raises(TrainError, match="holds a previous run \\(step-0000004.pt\\)"):
+        train(tiny_cfg(tmp_path, max_steps=1))
+    train(tiny_cfg(tmp_path, max_steps=1, overwrite=True))
+    assert not list(run.glob("step-*.pt"))

@@ -487,7 +487,8 @@ class Trainer:
         """Once everything else checked out: room for the checkpoints, a previous run replaced (--overwrite), the
         temp files of killed saves removed, and a metrics.jsonl cut mid-line by a kill ended with a newline."""
         state_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        need = 3 * 2 * state_bytes + (10 << 20)  # last.pt and best.pt, each weights + two AdamW moments; logs
+        # last.pt and best.pt, each weights + two AdamW moments; the --keep step files (weights); logs
+        need = (3 * 2 + self.cfg.keep) * state_bytes + (10 << 20)
         try:
             check_writable(self.out / "last.pt", need_bytes=need)
             if self.cfg.overwrite and not self._resuming_here():

@@ -1,6 +1,6 @@
 """CTC decoders side by side on ru-synth valid, one CPU thread, in one run:
 
-greedy vs beam search without an LM vs beam search with the LM, at beam 16/32/64 — CER, WER, decoder CPU seconds
+greedy vs beam search without an LM vs beam search with the LM, at beam 16/32/64/128 — CER, WER, decoder CPU seconds
 per audio second and the peak RSS of a process that holds the log-probs and runs that decoder; then the whole
 transcribe.py path at its defaults (shipped model + shipped LM): WER, CER and peak RSS. "OOV words right": of the
 reference words outside the LM's vocabulary, how many the hypothesis of their utterance has.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 VALID = ROOT / "data/ru-synth/valid/manifest.jsonl"
-BEAMS = (16, 32, 64)
+BEAMS = (16, 32, 64, 128)
 
 
 def logprobs(model: str, manifest: str, out: Path) -> None:

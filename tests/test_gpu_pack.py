@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from proslushka.audio import load_audio
@@ -76,3 +77,15 @@ def test_pack_reencodes_as_opus_at_a_level(tmp_path, monkeypatch):
         decoded = load_audio(u.audio_filepath)
         assert abs(len(decoded) / SR - u.duration) < 0.03  # same audio, up to the codec's frame rounding
         assert Path(u.audio_filepath).stat().st_size < 0.2 * u.duration * SR * 2  # far below the PCM it came from
+
+
+def test_a_budget_below_one_clip_and_a_missing_clip_are_one_line_errors(tmp_path, monkeypatch):
+    train = corpus(tmp_path / "train", 3, 0.5)
+    args = ["--manifest", str(train), "--valid", "", "--out", str(tmp_path / "p")]
+    with pytest.raises(SystemExit) as e:
+        pack(monkeypatch, *args, "--mib", "0.001")
+    assert e.value.code == "make_gpu_pack: not one clip fits in --mib 0.001"
+    (tmp_path / "train" / "c1.wav").unlink()
+    with pytest.raises(SystemExit) as e:
+        pack(monkeypatch, *args, "--mib", "1")
+    assert e.value.code.startswith("make_gpu_pack: ") and "c1.wav" in e.value.code and "\n" not in e.value.code

@@ -92,23 +92,23 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if (args.level is not None and not 0.0 <= args.level <= 1.0) or args.mib <= 0:
-        sys.exit("make_gpu_pack: --level must be within 0..1 and --mib above 0")
+        p.error("--level must be within 0..1 and --mib above 0")
     try:
         utts = [u for m in args.manifest for u in read_manifest(m, check_audio=False)]
         valid = read_manifest(args.valid, check_audio=False) if args.valid else []
-    except (OSError, ValueError) as e:
+        out = Path(args.out)
+        for part in ("train", "valid"):  # a pack is remade whole: a half-written one must not mix with the new one
+            shutil.rmtree(out / part, ignore_errors=True)
+            (out / part).mkdir(parents=True)
+        clips, seconds, used = pack_train(utts, out / "train", round(args.mib * 2**20), args.level, args.seed)
+        if not clips:
+            sys.exit(f"make_gpu_pack: not one clip fits in --mib {args.mib}")
+        kbits = used * 8 / seconds / 1000
+        print(f"{out}/train: {clips} clips, {seconds / 3600:.2f} h, {used / 2**20:.1f} MiB ({kbits:.1f} kbit/s)")
+        if valid:
+            print(f"{out}/valid: {len(valid)} clips, {copy_valid(valid, out / 'valid') / 2**20:.1f} MiB")
+    except (OSError, ValueError) as e:  # a manifest or clip that cannot be read (AudioError is a ValueError)
         sys.exit(f"make_gpu_pack: {e}")
-    out = Path(args.out)
-    for part in ("train", "valid"):  # a pack is remade whole: a half-written one must not mix with the new one
-        shutil.rmtree(out / part, ignore_errors=True)
-        (out / part).mkdir(parents=True)
-    clips, seconds, used = pack_train(utts, out / "train", round(args.mib * 2**20), args.level, args.seed)
-    print(
-        f"{out}/train: {clips} clips, {seconds / 3600:.2f} h, {used / 2**20:.1f} MiB "
-        f"({used * 8 / seconds / 1000:.1f} kbit/s)"
-    )
-    if valid:
-        print(f"{out}/valid: {len(valid)} clips, {copy_valid(valid, out / 'valid') / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -494,10 +494,11 @@ class Trainer:
             if self.cfg.overwrite and not self._resuming_here():
                 for path in [self.out / n for n in RUN_FILES] + kept_weights(self.out):
                     path.unlink(missing_ok=True)
-            for path in [self.out / n for n in RUN_FILES] + kept_weights(self.out):
-                for tmp in remove_stale_temps(path):
+            for name in RUN_FILES:
+                for tmp in remove_stale_temps(self.out / name):
                     self.log(f"removed {tmp}, left by a save that was killed")
-            for tmp in self.out.glob(f".{STEP_PREFIX}*.pt.*.tmp"):  # a step file killed before its first rename
+            # the step files' temps by pattern, which also finds those of a step file that never came to exist
+            for tmp in self.out.glob(f".{STEP_PREFIX}*.pt.*.tmp"):
                 tmp.unlink(missing_ok=True)
                 self.log(f"removed {tmp}, left by a save that was killed")
             self.out.mkdir(parents=True, exist_ok=True)

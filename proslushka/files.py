@@ -65,13 +65,15 @@ def check_writable(path: str | os.PathLike, need_bytes: int = 0) -> None:
         raise OSError(errno.ENOSPC, f"{free / 1e6:.0f} MB free, about {need_bytes / 1e6:.0f} MB needed", str(folder))
 
 
-def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(path: str | os.PathLike, name_glob: str | None = None) -> list[Path]:
     """Delete the temp files atomic_write left for `path` when its process was killed mid-write; returns them.
+    With `name_glob`, those of every file in path's folder whose name matches it instead (e.g. "step-*.pt", which
+    also finds the temps of a file that never came to exist).
 
-    Only call it while nothing else writes `path`: a live write's temp file looks the same.
+    Only call it while nothing else writes those files: a live write's temp file looks the same.
     """
     path = Path(path)
-    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    stale = sorted(path.parent.glob(f".{name_glob or glob.escape(path.name)}.*.tmp"))
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale

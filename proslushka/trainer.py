@@ -494,12 +494,8 @@ class Trainer:
             if self.cfg.overwrite and not self._resuming_here():
                 for path in [self.out / n for n in RUN_FILES] + kept_weights(self.out):
                     path.unlink(missing_ok=True)
-            for name in RUN_FILES:
-                for tmp in remove_stale_temps(self.out / name):
-                    self.log(f"removed {tmp}, left by a save that was killed")
-            # the step files' temps by pattern, which also finds those of a step file that never came to exist
-            for tmp in self.out.glob(f".{STEP_PREFIX}*.pt.*.tmp"):
-                tmp.unlink(missing_ok=True)
+            step_temps = remove_stale_temps(self.out / "step.pt", name_glob=f"{STEP_PREFIX}*.pt")
+            for tmp in [t for n in RUN_FILES for t in remove_stale_temps(self.out / n)] + step_temps:
                 self.log(f"removed {tmp}, left by a save that was killed")
             self.out.mkdir(parents=True, exist_ok=True)
             metrics = self.out / "metrics.jsonl"

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
 
-from .features import FeatureConfig
+from .audio import load_audio
+from .data import read_manifest
+from .features import FeatureConfig, log_mel_numpy
 from .infer import read_metadata
 from .model import BN_EPS, JasperBlock, ModelConfig, QuartzNet, SubBlock
 
@@ -144,11 +146,17 @@ def from_onnx(
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: QuartzNet, clips: Iterable[torch.Tensor]) -> int:
-    """Give every BatchNorm the mean and variance of its input over `clips` (features, (feat_in, frames) each, one
-    at a time so no padding counts) and the scale and shift that keep its eval-mode output unchanged. Returns the
-    number of clips seen."""
-    bns = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
+def calibrate_batchnorm(model: QuartzNet, clips: Iterable[torch.Tensor], only: set[str] | None = None) -> int:
+    """Give every BatchNorm (or those named in `only`) the mean and variance of its input over `clips` (features,
+    (feat_in, frames) each, one at a time so no padding counts) and the scale and shift that keep its eval-mode
+    output unchanged. Returns the number of clips seen.
+
+    With `only`, the other BatchNorms run as in training (batch statistics; their stored ones are kept), so the
+    measured input is what the named ones will see in training mode."""
+    all_bns = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm1d)}
+    bns = {n: m for n, m in all_bns.items() if only is None or n in only}
+    others = {n: m for n, m in all_bns.items() if n not in bns}
+    kept = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in others.items()}
     sums: dict[str, list] = {n: [0.0, 0.0, 0] for n in bns}
 
     def hook(name: str):
@@ -165,12 +173,17 @@ def calibrate_batchnorm(model: QuartzNet, clips: Iterable[torch.Tensor]) -> int:
     seen = 0
     try:
         model.eval()
+        for m in others.values():
+            m.train()
         for feats in clips:
             model(feats[None], torch.tensor([feats.shape[-1]]))
             seen += 1
     finally:
         for h in handles:
             h.remove()
+        for n, m in others.items():
+            m.load_state_dict(kept[n])
+        model.eval()
     if not seen:
         raise ValueError("no clips to calibrate on")
     for name, bn in bns.items():
@@ -185,3 +198,15 @@ def calibrate_batchnorm(model: QuartzNet, clips: Iterable[torch.Tensor]) -> int:
         bn.weight.copy_((scale * torch.sqrt(var + bn.eps)).float())
         bn.bias.copy_((shift + scale * mean).float())
     return seen
+
+
+def manifest_clips(
+    manifest: str | os.PathLike, labels: list[str], feature_config: FeatureConfig, n: int
+) -> Iterator[torch.Tensor]:
+    """Features ((feat_in, frames) tensors) of `n` clips spread over a manifest (voices, lengths), for
+    `calibrate_batchnorm`. Raises OSError, ValueError or AudioError naming the manifest or clip."""
+    rows = read_manifest(manifest, labels)
+    step = max(1, len(rows) // n)
+    for u in rows[::step][:n]:
+        feats, valid = log_mel_numpy(load_audio(u.audio_filepath), feature_config)
+        yield torch.from_numpy(np.ascontiguousarray(feats[:, :valid]))

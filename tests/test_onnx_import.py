@@ -9,24 +9,11 @@ import torch
 
 from proslushka import checkpoint, onnx_export
 from proslushka.features import FeatureConfig
-from proslushka.model import QuartzNet, preset
+from proslushka.model import QuartzNet
 from proslushka.onnx_import import OnnxImportError, calibrate_batchnorm, from_onnx
 from proslushka.text import LABELS
+from tests.conftest import trained_looking
 from tools import onnx_to_checkpoint
-
-
-def trained_looking(seed: int = 0) -> QuartzNet:
-    """A tiny model whose BatchNorms are not the identity (as after training), so folding them matters."""
-    torch.manual_seed(seed)
-    model = QuartzNet(preset("tiny"))
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):
-            c = m.num_features
-            m.weight.data = torch.rand(c) + 0.5
-            m.bias.data = torch.randn(c) * 0.1
-            m.running_mean = torch.randn(c) * 0.2
-            m.running_var = torch.rand(c) * 2 + 0.1
-    return model.eval()
 
 
 def features(seed: int, frames: int) -> torch.Tensor:

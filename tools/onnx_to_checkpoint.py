@@ -28,14 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clips", type=int, default=64, help="clips to calibrate on (default: %(default)s)")
     args = p.parse_args(argv)
 
-    import numpy as np
-    import torch
-
     from proslushka import checkpoint
-    from proslushka.audio import AudioError, load_audio
-    from proslushka.data import read_manifest
-    from proslushka.features import log_mel_numpy
-    from proslushka.onnx_import import OnnxImportError, calibrate_batchnorm, from_onnx
+    from proslushka.audio import AudioError
+    from proslushka.onnx_import import OnnxImportError, calibrate_batchnorm, from_onnx, manifest_clips
 
     try:
         model, feature_config, labels = from_onnx(args.onnx)
@@ -44,16 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.calibrate:
         try:
-            rows = read_manifest(args.calibrate, labels)
-            step = max(1, len(rows) // args.clips)  # spread over the manifest (voices, lengths)
-            picked = rows[::step][: args.clips]
-
-            def clips():
-                for u in picked:
-                    feats, valid = log_mel_numpy(load_audio(u.audio_filepath), feature_config)
-                    yield torch.from_numpy(np.ascontiguousarray(feats[:, :valid]))
-
-            n = calibrate_batchnorm(model, clips())
+            n = calibrate_batchnorm(model, manifest_clips(args.calibrate, labels, feature_config, args.clips))
         except (OSError, ValueError, AudioError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -27,6 +27,31 @@ def edit_distance(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> int:
     return int(prev[-1])
 
 
+def edit_ops(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> list[tuple[str, Hashable, Hashable]]:
+    """One shortest edit script from ref to hyp: ("S", r, h), ("D", r, None) or ("I", None, h), in order; its length
+    is edit_distance(ref, hyp). For error analysis (bench/error_kinds.py): a full table, O(len(ref)·len(hyp))."""
+    n, m = len(ref), len(hyp)
+    d = np.zeros((n + 1, m + 1), dtype=np.int64)
+    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
+    ops: list[tuple[str, Hashable, Hashable]] = []
+    i, j = n, m
+    while i or j:
+        if i and j and d[i, j] == d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]):
+            if ref[i - 1] != hyp[j - 1]:
+                ops.append(("S", ref[i - 1], hyp[j - 1]))
+            i, j = i - 1, j - 1
+        elif i and d[i, j] == d[i - 1, j] + 1:
+            ops.append(("D", ref[i - 1], None))
+            i -= 1
+        else:
+            ops.append(("I", None, hyp[j - 1]))
+            j -= 1
+    return ops[::-1]
+
+
 def error_counts(ref: str, hyp: str) -> tuple[int, int, int, int]:
     """(char_edits, char_total, word_edits, word_total) of one utterance, with cer's and wer's conventions."""
     ref_words, hyp_words = ref.split(), hyp.split()

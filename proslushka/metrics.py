@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections import deque
+from collections.abc import Hashable, Iterator, Sequence
 
 import numpy as np
 
@@ -12,32 +13,16 @@ def edit_distance(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> int:
     """Levenshtein distance (substitutions, insertions, deletions, each costing 1) between two sequences."""
     if not ref or not hyp:
         return len(ref) + len(hyp)
-    # map tokens to ints so each DP row is a few numpy operations instead of a Python loop over the row
-    ids: dict[Hashable, int] = {}
-    r = np.array([ids.setdefault(x, len(ids)) for x in ref])
-    h = np.array([ids.setdefault(x, len(ids)) for x in hyp])
-    steps = np.arange(len(h) + 1)
-    prev = steps.copy()  # distance from ref[:0] to each hyp prefix
-    for i, token in enumerate(r, start=1):
-        # substitution/match and deletion first; insertions chain along the row: cur[j] = min_k (best[k] + j - k)
-        best = np.empty_like(prev)
-        best[0] = i
-        best[1:] = np.minimum(prev[1:] + 1, prev[:-1] + (h != token))
-        prev = np.minimum.accumulate(best - steps) + steps
-    return int(prev[-1])
+    last = deque(_distance_rows(ref, hyp), maxlen=1)[0]  # one row at a time: memory stays O(len(hyp))
+    return int(last[-1])
 
 
 def edit_ops(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> list[tuple[str, Hashable, Hashable]]:
     """One shortest edit script from ref to hyp: ("S", r, h), ("D", r, None) or ("I", None, h), in order; its length
-    is edit_distance(ref, hyp). For error analysis (bench/error_kinds.py): a full table, O(len(ref)·len(hyp))."""
-    n, m = len(ref), len(hyp)
-    d = np.zeros((n + 1, m + 1), dtype=np.int64)
-    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
+    is edit_distance(ref, hyp). For error analysis (bench/error_kinds.py): keeps the whole table, len(ref)·len(hyp)."""
+    d = np.stack(list(_distance_rows(ref, hyp)))
     ops: list[tuple[str, Hashable, Hashable]] = []
-    i, j = n, m
+    i, j = len(ref), len(hyp)
     while i or j:
         if i and j and d[i, j] == d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]):
             if ref[i - 1] != hyp[j - 1]:
@@ -50,6 +35,24 @@ def edit_ops(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> list[tuple[str
             ops.append(("I", None, hyp[j - 1]))
             j -= 1
     return ops[::-1]
+
+
+def _distance_rows(ref: Sequence[Hashable], hyp: Sequence[Hashable]) -> Iterator[np.ndarray]:
+    """Row i of the Levenshtein table, for i = 0 .. len(ref): the distance from ref[:i] to each prefix of hyp."""
+    # map tokens to ints so each DP row is a few numpy operations instead of a Python loop over the row
+    ids: dict[Hashable, int] = {}
+    r = [ids.setdefault(x, len(ids)) for x in ref]
+    h = np.array([ids.setdefault(x, len(ids)) for x in hyp], dtype=np.int64)
+    steps = np.arange(len(h) + 1)
+    prev = steps.copy()  # distance from ref[:0] to each hyp prefix
+    yield prev
+    for i, token in enumerate(r, start=1):
+        # substitution/match and deletion first; insertions chain along the row: cur[j] = min_k (best[k] + j - k)
+        best = np.empty_like(prev)
+        best[0] = i
+        best[1:] = np.minimum(prev[1:] + 1, prev[:-1] + (h != token))
+        prev = np.minimum.accumulate(best - steps) + steps
+        yield prev
 
 
 def error_counts(ref: str, hyp: str) -> tuple[int, int, int, int]:

@@ -54,6 +54,13 @@ def parse_args(argv: list[str] | None = None):
     )
     g.add_argument("--snr_db", type=float, nargs=2, default=d.snr_db, help="SNR range in dB (default: %(default)s)")
     g.add_argument(
+        "--noise_kinds",
+        nargs="+",
+        default=d.noise_kinds,
+        help="noise kinds to draw from, uniformly over the list: name one twice to draw it twice as often, e.g. "
+        "white white pink brown babble babble babble hum (default: %(default)s)",
+    )
+    g.add_argument(
         "--gain_prob",
         type=float,
         default=d.gain_prob,

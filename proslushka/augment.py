@@ -104,7 +104,7 @@ class AugmentConfig:
 
     noise_prob: float = 0.0
     snr_db: tuple[float, float] = (0.0, 30.0)
-    noise_kinds: tuple[str, ...] = NOISE_KINDS
+    noise_kinds: tuple[str, ...] = NOISE_KINDS  # one entry drawn uniformly: a kind listed twice comes twice as often
     gain_prob: float = 0.0
     gain_db: tuple[float, float] = (-12.0, 6.0)
     silence_prob: float = 0.0  # leading and trailing silence, each up to silence_seconds

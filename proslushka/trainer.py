@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import checkpoint
 from .audio import AudioError
-from .augment import AugmentConfig, join_groups
+from .augment import NOISE_KINDS, AugmentConfig, join_groups
 from .data import AudioDataset, DurationBucketSampler, Manifest, SpecAugment, collate, read_manifest
 from .features import FeatureConfig, LogMel
 from .files import check_writable, remove_stale_temps
@@ -64,6 +64,7 @@ class TrainConfig:
     # waveform augmentation (augment.py), each a share of the training clips; off at validation
     noise_prob: float = 0.0
     snr_db: tuple[float, float] = (0.0, 30.0)
+    noise_kinds: tuple[str, ...] = NOISE_KINDS  # drawn uniformly from this list: a kind named twice, twice as often
     gain_prob: float = 0.0
     silence_prob: float = 0.0
     join_prob: float = 0.0
@@ -166,6 +167,11 @@ def check_config(cfg: TrainConfig) -> str | None:
         need(finite(getattr(cfg, name)) and 0 <= getattr(cfg, name) <= 1, name, "in [0, 1]")
     lo, hi = cfg.snr_db
     need(finite(lo) and finite(hi) and -20 <= lo <= hi <= 100, "snr_db", "two numbers, -20 <= low <= high <= 100")
+    need(
+        0 < len(cfg.noise_kinds) <= 100 and set(cfg.noise_kinds) <= set(NOISE_KINDS),
+        "noise_kinds",
+        f"1 to 100 of {', '.join(NOISE_KINDS)} (repeats weight the draw)",
+    )
     need(
         0 < len(cfg.labels) <= 1000 and len(set(cfg.labels)) == len(cfg.labels),
         "labels",
@@ -361,7 +367,7 @@ class Trainer:
         self.amp = amp_dtype(self.device, cfg.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
 
-        augment = AugmentConfig(cfg.noise_prob, tuple(cfg.snr_db), gain_prob=cfg.gain_prob,
+        augment = AugmentConfig(cfg.noise_prob, tuple(cfg.snr_db), tuple(cfg.noise_kinds), gain_prob=cfg.gain_prob,
                                 silence_prob=cfg.silence_prob, join_prob=cfg.join_prob)  # fmt: skip
         groups = join_groups(len(self.train_set), cfg.join_prob, cfg.seed) if cfg.join_prob else None
         self.dataset = AudioDataset(self.train_set, self.labels, self.feat_cfg.sample_rate, cfg.cache_dir,

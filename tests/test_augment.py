@@ -70,6 +70,25 @@ def test_augment_is_a_function_of_its_generator():
         augment.AugmentConfig(noise_prob=1.5)
 
 
+def test_a_kind_listed_twice_is_drawn_twice_as_often(monkeypatch):
+    drawn = []
+    real = augment.noise
+    monkeypatch.setattr(augment, "noise", lambda n, kind, *a: drawn.append(kind) or real(n, kind, *a))
+    cfg = augment.AugmentConfig(noise_prob=1.0, noise_kinds=("white", "hum", "hum", "babble"))
+    wave = np.full(800, 0.1, np.float32)
+    rng = _rng(1)
+    for _ in range(3000):
+        augment.augment(wave, cfg, rng)  # no speech for babble: drawn from the other entries only
+    assert set(drawn) == {"white", "hum"}
+    assert abs(drawn.count("hum") / len(drawn) - 2 / 3) < 0.03
+    drawn.clear()
+    for _ in range(3000):
+        augment.augment(wave, cfg, rng, speech=lambda r: np.ones(1600, np.float32))
+    assert (
+        abs(drawn.count("hum") / len(drawn) - 1 / 2) < 0.03 and abs(drawn.count("babble") / len(drawn) - 1 / 4) < 0.03
+    )
+
+
 def test_join_groups_partition_the_clips():
     groups = augment.join_groups(10_000, 0.3, seed=1)
     assert sorted(i for g in groups for i in g) == list(range(10_000))

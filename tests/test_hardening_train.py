@@ -305,11 +305,12 @@ def test_out_of_bounds_settings_are_one_line_exit_2(tmp_path):
         labels="аа",
         min_duration=3.0,
         max_duration=2.0,
+        noise_kinds=("pink", "violet"),
     )
     with pytest.raises(TrainError) as e:
         Trainer(cfg)
     msg = one_line(str(e.value))
-    for name in ("batch_size", "lr", "log_every", "speed_perturb", "device", "labels", "min_duration"):
+    for name in ("batch_size", "lr", "log_every", "speed_perturb", "device", "labels", "min_duration", "noise_kinds"):
         assert f"--{name} " in msg
     assert e.value.code == 2 and not (tmp_path / "run").exists()
 

@@ -3,9 +3,10 @@
     python tools/make_eval_sets.py                       # once: data/ru-synth/eval/{noisy,long}
     python bench/eval_sets.py --model runs/demo-v1.onnx --model models/demo.onnx [--lm models/demo-lm.bin]
 
-For each model (one thread, greedy unless --lm): CER and WER on ru-synth valid, on the noisy set (overall and per
-SNR) and on the long files; the long files' CER beside the same clips one by one; the real-time factor of the
-whole path (decode, features, model, decoder) over the valid clips as a folder, and over the long files.
+For each model (one thread, greedy unless --lm): CER and WER on ru-synth valid, on the noisy set (overall, per
+SNR and per noise kind) and on the long files; the long files' CER beside the same clips one by one; the real-time
+factor of the whole path (decode, features, model, decoder) over the valid clips as a folder, and over the long
+files.
 
 Chunks run in padded batches of 8 (transcribe.py --batch_size 8). An int8 model quantizes its activations with
 ranges taken over the whole batch, so a hypothesis can differ slightly from one run alone (transcribe.py's default
@@ -23,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from proslushka.augment import NOISE_KINDS  # noqa: E402
 from proslushka.infer import Transcriber  # noqa: E402
 from proslushka.metrics import cer, wer  # noqa: E402
 from proslushka.text import normalize  # noqa: E402
@@ -65,10 +67,16 @@ def main() -> int:
             hyps, rtf = run(tr, items)
             print(f"{name:<6} {score(items, hyps)}  RTF {rtf:.4f}  ({len(items)} files)")
             if name == "noisy":
-                for snr in sorted({Path(p).parent.name for p, _, _ in items}, key=lambda s: float(s[3:])):
-                    part = [(it, h) for it, h in zip(items, hyps, strict=True) if Path(it[0]).parent.name == snr]
-                    print(f"  {snr:<6} {score([it for it, _ in part], [h for _, h in part])}")
+                breakdown(items, hyps, lambda path: path.parent.name, lambda snr: float(snr[3:]))
+                breakdown(items, hyps, lambda path: path.stem.split("_")[-1], NOISE_KINDS.index)
     return 0
+
+
+def breakdown(items, hyps, group, order) -> None:
+    """The scores of each group of files (tools/make_eval_sets.py names them snrN/NNNN_KIND.wav)."""
+    for key in sorted({group(Path(p)) for p, _, _ in items}, key=order):
+        part = [(it, h) for it, h in zip(items, hyps, strict=True) if group(Path(it[0])) == key]
+        print(f"  {key:<6} {score([it for it, _ in part], [h for _, h in part])}")
 
 
 if __name__ == "__main__":

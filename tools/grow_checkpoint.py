@@ -40,13 +40,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         src, feature_config, labels, _ = checkpoint.load_model(args.checkpoint)
-        target = preset(args.model, num_classes=src.cfg.num_classes)
-        model, new_bns = grow(src, target, seed=args.seed, noise=args.noise)
-    except (checkpoint.CheckpointError, GrowError) as e:
+    except checkpoint.CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        target = preset(args.model, num_classes=src.cfg.num_classes)
     except ValueError as e:  # an unknown preset
         print(f"error: --model: {e}", file=sys.stderr)
+        return 2
+    try:
+        model, new_bns = grow(src, target, seed=args.seed, noise=args.noise)
+    except GrowError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         n = calibrate(model, new_bns, manifest_clips(args.calibrate, labels, feature_config, args.clips))

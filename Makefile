@@ -14,7 +14,7 @@ TRAIN := $(PYTHON) train.py --valid_manifest $(DATA)/valid/manifest.jsonl --cach
 # $(call train_into,DIR): the output folder, resuming the run already there
 train_into = --out_dir $(1) $(if $(wildcard $(1)/last.pt),--resume $(1)/last.pt)
 
-.PHONY: demo demo-stage1 demo-stage2 demo-stage3 demo-stage4 demo-stage5 demo-stage6 demo-stage6b demo-eval demo-eval-sets demo-medium demo-grown golos-eval test
+.PHONY: demo demo-stage1 demo-stage2 demo-stage3 demo-stage4 demo-stage5 demo-stage6 demo-stage6b demo-stage7 demo-eval demo-eval-sets demo-medium demo-grown golos-eval test
 
 demo: demo-stage6b
 	$(PYTHON) export.py --checkpoint $(RUN)/stage6b/last.pt --quantize int8 -o models/demo.onnx
@@ -66,10 +66,21 @@ demo-stage5: demo-stage4
 demo-stage6: demo-stage5
 	$(TRAIN) $(DATA)/more/manifest.jsonl --init $(RUN)/stage5/best.pt --max_epochs 4 --lr 2e-4 --warmup_steps 100 \
 		--weight_decay 1e-2 $(AUGMENT) --seed 4 --save_every 200 --stop_at_step 1620 $(call train_into,$(RUN)/stage6)
+# after $(AUGMENT): its --noise_prob 0.6 replaces 0.5 (argparse keeps the last)
+NOISIER := --noise_prob 0.6 --noise_kinds white white pink pink babble babble babble brown hum
 demo-stage6b: demo-stage6
 	$(TRAIN) $(DATA)/more/manifest.jsonl --init $(RUN)/stage6/last.pt --max_steps 3400 --lr 2e-4 --warmup_steps 100 \
-		--weight_decay 1e-2 $(AUGMENT) --noise_prob 0.6 --noise_kinds white white pink pink babble babble babble brown \
-		hum --seed 5 --save_every 200 $(call train_into,$(RUN)/stage6b)
+		--weight_decay 1e-2 $(AUGMENT) $(NOISIER) --seed 5 --save_every 200 $(call train_into,$(RUN)/stage6b)
+
+# In progress, not yet shipped: more sentences. 25,000 further clips of lm.txt sentences that no clip reads yet, with
+# the `more` split's voices (tools/render_extra.py; ~25 min on 2 cores), then stage 7 from stage 6b on train + more +
+# extra (55,000 clips), 3 epochs of ~2400 steps (docs/runs/README.md, demo-stage7)
+$(DATA)/extra/manifest.jsonl: $(DATA)/train/manifest.jsonl
+	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000
+demo-stage7: demo-stage6b $(DATA)/extra/manifest.jsonl
+	$(TRAIN) $(DATA)/more/manifest.jsonl $(DATA)/extra/manifest.jsonl --init $(RUN)/stage6b/last.pt --max_epochs 3 \
+		--lr 3e-4 --warmup_steps 100 --weight_decay 1e-2 $(AUGMENT) $(NOISIER) --seed 6 --save_every 200 \
+		$(call train_into,$(RUN)/stage7)
 
 # clean, noisy and long-file CER and whole-path RTF of models side by side: make demo-eval-sets MODELS="a.onnx b.onnx"
 MODELS ?= models/demo.onnx

@@ -43,8 +43,10 @@ demo-eval: $(DATA)/train/manifest.jsonl
 # noise and silence come out blank (docs/runs/README.md, demo v2)
 $(DATA)/more/manifest.jsonl: $(DATA)/train/manifest.jsonl
 	$(PYTHON) $(RU_SYNTH)/render.py --out $(DATA) --splits more
-AUGMENT := --speed_perturb 0.9 1.0 1.1 --rect_masks 2 --rect_freq 25 --rect_time 40 --noise_prob 0.5 --snr_db 0 30 \
+# everything but the share of noisy clips, which stages 6b and 7 raise (NOISIER)
+AUGMENT_BASE := --speed_perturb 0.9 1.0 1.1 --rect_masks 2 --rect_freq 25 --rect_time 40 --snr_db 0 30 \
 	--gain_prob 0.3 --silence_prob 0.3 --join_prob 0.3
+AUGMENT := $(AUGMENT_BASE) --noise_prob 0.5
 demo-stage3: demo-stage2 $(DATA)/more/manifest.jsonl
 	$(TRAIN) $(DATA)/more/manifest.jsonl --init $(RUN)/stage2/best.pt --max_epochs 3 --lr 1e-3 --warmup_steps 100 \
 		--weight_decay 1e-2 $(AUGMENT) --save_every 200 $(call train_into,$(RUN)/stage3)
@@ -66,11 +68,10 @@ demo-stage5: demo-stage4
 demo-stage6: demo-stage5
 	$(TRAIN) $(DATA)/more/manifest.jsonl --init $(RUN)/stage5/best.pt --max_epochs 4 --lr 2e-4 --warmup_steps 100 \
 		--weight_decay 1e-2 $(AUGMENT) --seed 4 --save_every 200 --stop_at_step 1620 $(call train_into,$(RUN)/stage6)
-# after $(AUGMENT): its --noise_prob 0.6 replaces 0.5 (argparse keeps the last)
 NOISIER := --noise_prob 0.6 --noise_kinds white white pink pink babble babble babble brown hum
 demo-stage6b: demo-stage6
 	$(TRAIN) $(DATA)/more/manifest.jsonl --init $(RUN)/stage6/last.pt --max_steps 3400 --lr 2e-4 --warmup_steps 100 \
-		--weight_decay 1e-2 $(AUGMENT) $(NOISIER) --seed 5 --save_every 200 $(call train_into,$(RUN)/stage6b)
+		--weight_decay 1e-2 $(AUGMENT_BASE) $(NOISIER) --seed 5 --save_every 200 $(call train_into,$(RUN)/stage6b)
 
 # In progress, not yet shipped: more sentences. 25,000 further clips of lm.txt sentences that no clip reads yet, with
 # the `more` split's voices (tools/render_extra.py; ~25 min on 2 cores), then stage 7 from stage 6b on train + more +
@@ -79,7 +80,7 @@ $(DATA)/extra/manifest.jsonl: $(DATA)/train/manifest.jsonl
 	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000
 demo-stage7: demo-stage6b $(DATA)/extra/manifest.jsonl
 	$(TRAIN) $(DATA)/more/manifest.jsonl $(DATA)/extra/manifest.jsonl --init $(RUN)/stage6b/last.pt --max_epochs 3 \
-		--lr 3e-4 --warmup_steps 100 --weight_decay 1e-2 $(AUGMENT) $(NOISIER) --seed 6 --save_every 200 \
+		--lr 3e-4 --warmup_steps 100 --weight_decay 1e-2 $(AUGMENT_BASE) $(NOISIER) --seed 6 --save_every 200 \
 		$(call train_into,$(RUN)/stage7)
 
 # clean, noisy and long-file CER and whole-path RTF of models side by side: make demo-eval-sets MODELS="a.onnx b.onnx"

@@ -2,7 +2,7 @@
 spoken by the `more` split's voices, so that the model sees more spelling (docs/runs, demo v2, "what the remaining
 errors are").
 
-    python tools/render_extra.py --clips 25000      # data/ru-synth/extra: ~22 h of audio, ~1-1.5 h on two cores
+    python tools/render_extra.py --clips 25000      # data/ru-synth/extra: ~23 h of audio, ~25 min on two cores
 
 The plan is drawn deterministically (--seed) from ../shared/data/ru-synth: sentences from lm.txt minus every text in
 plan.jsonl; engine, voice, rate, pitch, stretch and speed as the `more` split's (festival for the same share of
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
 import sys
 import tempfile
@@ -142,8 +143,6 @@ def render(items: list[dict], out: Path, ru_synth: Path, jobs: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--ru_synth",

@@ -75,11 +75,11 @@ demo-stage6b: demo-stage6
 
 # In progress, not yet shipped: more sentences. 25,000 further clips of lm.txt sentences that no clip reads yet, with
 # the `more` split's voices (tools/render_extra.py; ~25 min on 2 cores), then stage 7 from stage 6b on train + more +
-# extra (55,000 clips), 3 epochs of ~2400 steps (docs/runs/README.md, demo-stage7)
+# extra (55,000 clips), 2 epochs of 2371 steps (docs/runs/README.md, demo-stage7)
 $(DATA)/extra/manifest.jsonl: $(DATA)/train/manifest.jsonl
 	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000
 demo-stage7: demo-stage6b $(DATA)/extra/manifest.jsonl
-	$(TRAIN) $(DATA)/more/manifest.jsonl $(DATA)/extra/manifest.jsonl --init $(RUN)/stage6b/last.pt --max_epochs 3 \
+	$(TRAIN) $(DATA)/more/manifest.jsonl $(DATA)/extra/manifest.jsonl --init $(RUN)/stage6b/last.pt --max_epochs 2 \
 		--lr 3e-4 --warmup_steps 100 --weight_decay 1e-2 $(AUGMENT_BASE) $(NOISIER) --seed 6 --save_every 200 \
 		$(call train_into,$(RUN)/stage7)
 

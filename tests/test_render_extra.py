@@ -148,3 +148,50 @@ def test_cli_one_line_errors_and_no_plan_on_failure(tmp_path, capsys):
     assert not out.exists()
     with pytest.raises(SystemExit):
         render_extra.main(["--clips", "0"])
+
+
+def test_a_second_split_draws_none_of_the_first_splits_sentences(tmp_path, capsys):
+    folder, _ = fake_ru_synth(tmp_path, lm_sentences=120)
+    out = tmp_path / "corpus"
+    base = ["--ru_synth", str(folder), "--out", str(out), "--plan_only"]
+    assert render_extra.main([*base, "--clips", "70"]) == 0
+    first = {json.loads(line)["text"] for line in (out / "extra" / "plan.jsonl").read_text("utf-8").splitlines()}
+    second = ["--split", "extra2", "--seed", "1", "--exclude", str(out / "extra" / "plan.jsonl")]
+    assert render_extra.main([*base, *second, "--clips", "50"]) == 0  # 120 unused - 70 drawn = all 50 left
+    rows = [json.loads(line) for line in (out / "extra2" / "plan.jsonl").read_text("utf-8").splitlines()]
+    assert len(rows) == 50 and not first & {r["text"] for r in rows}
+    assert rows[0]["id"] == "extra2_00000" and rows[0]["rel"] == "000/extra2_00000.opus"
+    assert {r["split"] for r in rows} == {"extra2"}
+    capsys.readouterr()
+    assert render_extra.main([*base, *second, "--clips", "51"]) == 1
+    assert "only 50 sentences" in capsys.readouterr().err
+    # without --exclude the same seed may draw the first split's sentences again
+    assert render_extra.main([*base, "--split", "extra2", "--seed", "1", "--clips", "50"]) == 0
+    again = {json.loads(line)["text"] for line in (out / "extra2" / "plan.jsonl").read_text("utf-8").splitlines()}
+    assert first & again
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--split", "more"], ["--split", "train"], ["--split", "../x"], ["--exclude", "CORPUS/extra/plan.jsonl"]],
+)
+def test_cli_refuses_a_split_that_would_write_over_a_plan(tmp_path, args, capsys):
+    folder, _ = fake_ru_synth(tmp_path)
+    out = tmp_path / "corpus"
+    args = [a.replace("CORPUS", str(out)) for a in args]
+    with pytest.raises(SystemExit) as e:
+        render_extra.main(["--ru_synth", str(folder), "--out", str(out), "--plan_only", *args])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and args[0] in err.splitlines()[-1]
+    assert not out.exists()
+
+
+def test_cli_names_an_unreadable_exclude_plan(tmp_path, capsys):
+    folder, _ = fake_ru_synth(tmp_path)
+    out = tmp_path / "corpus"
+    missing = tmp_path / "old" / "plan.jsonl"
+    assert (
+        render_extra.main(["--ru_synth", str(folder), "--out", str(out), "--plan_only", "--exclude", str(missing)]) == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert str(missing) in err and "\n" not in err and not out.exists()

@@ -3,14 +3,15 @@ spoken by the `more` split's voices, so that the model sees more spelling (docs/
 errors are").
 
     python tools/render_extra.py --clips 25000      # data/ru-synth/extra: ~23 h of audio, ~25 min on two cores
+    python tools/render_extra.py --split extra2 --seed 1 --exclude data/ru-synth/extra/plan.jsonl   # 25,000 more
 
 The plan is drawn deterministically (--seed) from ../shared/data/ru-synth: sentences from lm.txt minus every text in
-plan.jsonl; engine, voice, rate, pitch, stretch and speed as the `more` split's (festival for the same share of
-clips, espeak-ng voices out of the variants `more` uses, values uniform over `more`'s ranges). It is written to
-OUT/extra/plan.jsonl, and rendered with ru-synth's own render.py functions into OUT/extra/NNN/extra_XXXXX.opus,
-with manifest.jsonl and meta.jsonl beside, as render.py does for its splits. Resumable: rendered clips are kept.
-The valid and test sentences are not in lm.txt, so they stay unseen.
-"""
+plan.jsonl and in the plans given to --exclude (earlier extra splits); engine, voice, rate, pitch, stretch and speed
+as the `more` split's (festival for the same share of clips, espeak-ng voices out of the variants `more` uses,
+values uniform over `more`'s ranges). It is written to OUT/SPLIT/plan.jsonl, and rendered with ru-synth's own
+render.py functions into OUT/SPLIT/NNN/SPLIT_XXXXX.opus, with manifest.jsonl and meta.jsonl beside, as render.py
+does for its splits. Resumable: rendered clips are kept. The valid and test sentences are not in lm.txt, so they
+stay unseen."""
 
 from __future__ import annotations
 
@@ -29,15 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 from proslushka.files import atomic_write  # noqa: E402
 
-SPLIT = "extra"
+RU_SYNTH_SPLITS = {"train", "valid", "test", "more"}  # render.py's own; an extra split must not write over them
 
 
 class PlanError(ValueError):
     pass
 
 
-def read_plan(ru_synth: Path) -> list[dict]:
-    path = ru_synth / "plan.jsonl"
+def read_plan(path: Path) -> list[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
@@ -68,8 +68,8 @@ def voice_space(plan: list[dict]) -> dict:
     }
 
 
-def unused_sentences(plan: list[dict], lm_lines: list[str]) -> list[str]:
-    used = {it["text"] for it in plan}
+def unused_sentences(plan: list[dict], lm_lines: list[str], exclude: set[str]) -> list[str]:
+    used = {it["text"] for it in plan} | exclude
     seen: set[str] = set()
     out = []
     for line in lm_lines:
@@ -80,16 +80,24 @@ def unused_sentences(plan: list[dict], lm_lines: list[str]) -> list[str]:
     return out
 
 
-def make_plan(plan: list[dict], lm_lines: list[str], clips: int, seed: int) -> list[dict]:
-    """`clips` new plan rows in render.py's format (split `extra`), the same for the same inputs and seed."""
+def make_plan(
+    plan: list[dict],
+    lm_lines: list[str],
+    clips: int,
+    seed: int,
+    split: str = "extra",
+    exclude: set[str] = frozenset(),
+) -> list[dict]:
+    """`clips` new plan rows in render.py's format for `split`, none reading a text of `exclude`; the same for the
+    same inputs and seed."""
     space = voice_space(plan)
-    pool = unused_sentences(plan, lm_lines)
+    pool = unused_sentences(plan, lm_lines, exclude)
     if clips > len(pool):
         raise PlanError(f"--clips {clips}: lm.txt has only {len(pool)} sentences that no clip reads")
     rng = random.Random(seed)
     rows = []
     for i, text in enumerate(rng.sample(pool, clips)):
-        row = {"id": f"{SPLIT}_{i:05d}", "split": SPLIT, "text": text, "source": "lm.txt"}
+        row = {"id": f"{split}_{i:05d}", "split": split, "text": text, "source": "lm.txt"}
         if rng.random() < space["festival_share"]:
             row.update(
                 engine="festival",
@@ -126,20 +134,20 @@ def load_renderer(ru_synth: Path):
     return module
 
 
-def render(items: list[dict], out: Path, ru_synth: Path, jobs: int) -> None:
+def render(items: list[dict], out: Path, split: str, ru_synth: Path, jobs: int) -> None:
     r = load_renderer(ru_synth)
     r.check_tools()
-    folder = out / SPLIT
+    folder = out / split
     dst = {it["id"]: str(folder / it["rel"]) for it in items}
     todo = [it for it in items if not Path(dst[it["id"]]).exists()]
-    print(f"{SPLIT}: {len(todo)} of {len(items)} clips to render", flush=True)
+    print(f"{split}: {len(todo)} of {len(items)} clips to render", flush=True)
     esp = [it for it in todo if it["engine"] == "espeak-ng"]
     fest = [it for it in todo if it["engine"] == "festival"]
     r.run_pool(r.render_espeak, [(it, dst[it["id"]]) for it in esp], jobs, "espeak-ng")
     if fest:
         with tempfile.TemporaryDirectory(prefix="ru-synth-extra-") as tmp:
             r.render_festival(fest, [dst[it["id"]] for it in fest], jobs, tmp)
-    r.write_manifests(str(out), SPLIT, items)
+    r.write_manifests(str(out), split, items)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,33 +159,50 @@ def main(argv: list[str] | None = None) -> int:
         help="the ru-synth recipe folder: plan.jsonl, lm.txt, render.py (default: ../shared/data/ru-synth)",
     )
     p.add_argument("--out", type=Path, default=Path("data/ru-synth"), help="corpus folder (default: %(default)s)")
+    p.add_argument("--split", default="extra", help="the split's name: its folder and clip ids (default: %(default)s)")
+    p.add_argument(
+        "--exclude",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="PLAN",
+        help="plan.jsonl files of earlier extra splits: their sentences are not drawn again",
+    )
     p.add_argument("--clips", type=int, default=25_000, help="clips to plan (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="draws sentences and voices (default: %(default)s)")
     p.add_argument("--limit", type=int, default=0, help="render only the first N clips of the plan")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes (default: all cores)")
-    p.add_argument("--plan_only", action="store_true", help="write OUT/extra/plan.jsonl and stop")
+    p.add_argument("--plan_only", action="store_true", help="write OUT/SPLIT/plan.jsonl and stop")
     args = p.parse_args(argv)
     if args.clips < 1 or args.limit < 0 or args.jobs < 1:
         p.error("--clips and --jobs must be at least 1, --limit at least 0")
+    if not args.split.isidentifier() or args.split in RU_SYNTH_SPLITS:
+        p.error(
+            f"--split {args.split!r}: give a plain name, not one of ru-synth's own "
+            f"({', '.join(sorted(RU_SYNTH_SPLITS))})"
+        )
+    plan_path = args.out / args.split / "plan.jsonl"
+    if plan_path.resolve() in {e.resolve() for e in args.exclude}:
+        p.error(f"--exclude {plan_path}: that is this split's own plan")
 
     t0 = time.time()
     try:
-        plan = read_plan(args.ru_synth)
+        plan = read_plan(args.ru_synth / "plan.jsonl")
+        exclude = {it["text"] for path in args.exclude for it in read_plan(path)}
         lm_path = args.ru_synth / "lm.txt"
         try:
             lm_lines = lm_path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise PlanError(f"{lm_path}: {e}") from None
-        items = make_plan(plan, lm_lines, args.clips, args.seed)
+        items = make_plan(plan, lm_lines, args.clips, args.seed, args.split, exclude)
     except (PlanError, KeyError) as e:
         print(f"render_extra: {e}", file=sys.stderr)
         return 1
     text = "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items)
-    plan_path = args.out / SPLIT / "plan.jsonl"
     atomic_write(plan_path, text)
-    print(f"{SPLIT}: {len(items)} clips planned -> {plan_path}", flush=True)
+    print(f"{args.split}: {len(items)} clips planned -> {plan_path}", flush=True)
     if not args.plan_only:
-        render(items[: args.limit] if args.limit else items, args.out, args.ru_synth, args.jobs)
+        render(items[: args.limit] if args.limit else items, args.out, args.split, args.ru_synth, args.jobs)
         print(f"done in {(time.time() - t0) / 60:.1f} min", flush=True)
     return 0
 

@@ -65,6 +65,21 @@ def check_writable(path: str | os.PathLike, need_bytes: int = 0) -> None:
         raise OSError(errno.ENOSPC, f"{free / 1e6:.0f} MB free, about {need_bytes / 1e6:.0f} MB needed", str(folder))
 
 
+def check_not_input(output: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
+    """Raise ValueError (naming both) if writing `output` would replace one of `inputs`: the same file under
+    another name (a link, a relative path) counts too. A device or FIFO (/dev/stdout) is never an input's copy."""
+    out = Path(output)
+    if not out.is_file():
+        return
+    for name in inputs:
+        try:
+            same = Path(name).is_file() and os.path.samefile(out, name)
+        except OSError:
+            same = False
+        if same:
+            raise ValueError(f"{output}: is the input {name}; writing there would destroy it")
+
+
 def remove_stale_temps(path: str | os.PathLike, name_glob: str | None = None) -> list[Path]:
     """Delete the temp files atomic_write left for `path` when its process was killed mid-write; returns them.
     With `name_glob`, those of every file in path's folder whose name matches it instead (e.g. "step-*.pt", which

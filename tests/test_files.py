@@ -5,6 +5,7 @@ import stat
 
 import pytest
 
+from proslushka import files
 from proslushka.files import atomic_write
 
 
@@ -35,3 +36,19 @@ def test_a_failed_write_keeps_the_old_file_and_no_temp(tmp_path):
         atomic_write(path, 12345)  # neither bytes nor str: fails inside the write
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_check_not_input_refuses_an_output_that_is_an_input_under_any_name(tmp_path, monkeypatch):
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    (tmp_path / "link.wav").symlink_to(audio)
+    monkeypatch.chdir(tmp_path)
+    for out in (audio, "a.wav", tmp_path / "link.wav", "./sub/../a.wav"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        with pytest.raises(ValueError, match="is the input"):
+            files.check_not_input(out, [tmp_path / "b.wav", "a.wav"])
+    files.check_not_input(tmp_path / "new.txt", ["a.wav"])  # a new file, or another existing one, is fine
+    (tmp_path / "other.txt").write_text("x")
+    files.check_not_input("other.txt", ["a.wav", "missing.wav"])
+    files.check_not_input("/dev/null", ["/dev/null"])  # a device is written as it is, never replaced
+    assert audio.read_bytes() == b"RIFF"

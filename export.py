@@ -11,6 +11,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: --help should not wait for onnx
+    import onnx
 
 
 class ExportError(Exception):
@@ -43,20 +47,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export(args: argparse.Namespace) -> None:
-    import onnx
-
     from proslushka import checkpoint, onnx_export
-    from proslushka.files import atomic_write, check_writable
+    from proslushka.files import atomic_write, check_not_input, check_writable
 
     source = Path(args.onnx or args.checkpoint)
     suffix = ".int8.onnx" if args.quantize else ".onnx"
     out = Path(args.output) if args.output else source.with_name(source.name.rsplit(".", 1)[0] + suffix)
     t0 = time.time()
+    try:  # -o v.pt --checkpoint v.pt would replace the checkpoint with its own export
+        check_not_input(out, [source, *([args.calibration] if args.calibration else [])])
+    except ValueError as e:
+        raise ExportError(str(e), 2) from None
     if args.onnx:
-        try:
-            proto = onnx.load(args.onnx)
-        except Exception as e:  # onnx raises its own types for a missing or foreign file
-            raise ExportError(f"{args.onnx}: not a readable ONNX model ({str(e).splitlines()[0][:200]})", 2) from None
+        proto = read_onnx(args.onnx)
         size = proto.ByteSize()
     else:
         try:
@@ -80,8 +83,14 @@ def export(args: argparse.Namespace) -> None:
         calibration = None
         if args.calibration:
             calibration = calibration_inputs(proto, args.calibration, args.calibration_clips)
-        int8 = onnx_export.quantize_int8(proto, calibration)
-        agree = greedy_agreement(proto, int8, calibration)
+        try:
+            int8 = onnx_export.quantize_int8(proto, calibration)
+            agree = greedy_agreement(proto, int8, calibration)
+        except Exception as e:  # onnxruntime's many types; a given ONNX passed the checks but may still be odd
+            if not args.onnx:
+                raise
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise ExportError(f"{args.onnx}: cannot be quantized ({reason})", 2) from None
         kind = f"static, calibrated on {len(calibration)} clips" if calibration else "dynamic"
         print(
             f"int8 ({kind}): {int8.ByteSize() / 1e6:.1f} MB, fp32 {proto.ByteSize() / 1e6:.1f} MB; "
@@ -98,6 +107,22 @@ def export(args: argparse.Namespace) -> None:
     if out.is_file():
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {onnx_export.OPSET}) in {time.time() - t0:.1f}s")
         print(f"wrote {onnx_export.tokens_path(out)} (sherpa-onnx's tokens file)")
+
+
+def read_onnx(path: str) -> onnx.ModelProto:
+    """The ONNX model at `path`, checked to be one export.py wrote; ExportError (exit 2) naming it otherwise."""
+    import onnx
+
+    from proslushka import onnx_export
+
+    try:
+        proto = onnx.load(path)
+    except Exception as e:  # onnx raises its own types for a missing or foreign file
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ExportError(f"{path}: not a readable ONNX model ({reason})", 2) from None
+    if why := onnx_export.foreign(proto):
+        raise ExportError(f"{path}: not an ONNX model written by export.py ({why})", 2)
+    return proto
 
 
 def calibration_inputs(proto, manifest: str, clips: int) -> list[dict]:

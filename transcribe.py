@@ -8,6 +8,8 @@ chunks of at most ~20 s, so memory does not grow with their length; word times s
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".mkv", ".wma",
     ".aif", ".aiff", ".amr", ".3gp", ".caf", ".wv", ".ape", ".au", ".ac3",
 }  # fmt: skip
+MAX_HOTWORD_WEIGHT = 100.0  # a log-prob bonus per word: 10 is the default, 1e308 would only turn scores into inf
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a Unix tool whose reader went away (`| head`) exits with
 
 
 @dataclass
@@ -44,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="txt", choices=FORMATS, help="output format (default: %(default)s)")
     p.add_argument("--output_dir", help="write one file per input here (NAME.FORMAT, folder structure kept)")
     p.add_argument("-o", "--output", help="write all transcripts to this one file (default: stdout)")
-    p.add_argument("--batch_size", type=int, default=1, help="chunks per onnxruntime run (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: all cores)")
+    p.add_argument(
+        "--batch_size", type=at_least(1, int), default=1, help="chunks per onnxruntime run (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threads", type=at_least(0, int), default=None, help="onnxruntime intra-op threads (default: all cores)"
+    )
     p.add_argument(
         "--max_chunk_seconds",
-        type=float,
+        type=at_least(1),
         default=20.0,
         help="cut long audio at pauses into chunks at most this long (default: %(default)s)",
     )
@@ -58,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         help="feed pauses to the model too (by default long "
         "audio is cut into chunks of speech and pauses over ~0.6 s are left out)",
     )
-    p.add_argument("--max_words_per_line", type=int, default=None, help="srt/vtt: at most this many words a cue")
+    p.add_argument(
+        "--max_words_per_line", type=at_least(1, int), default=None, help="srt/vtt: at most this many words a cue"
+    )
     p.add_argument(
         "--report",
         help="with --manifest rows that have text: print WER/CER and write per-utterance "
@@ -70,9 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         "NAME.json beside it; 'none' decodes greedily (default: models/demo-lm.bin when the model's "
         "alphabet matches it, else greedy)",
     )
-    p.add_argument("--beam_width", type=int, help="hypotheses kept per frame (default: the LM's tuned one, or 64)")
-    p.add_argument("--lm_alpha", type=float, help="LM weight (default: the LM's tuned one)")
-    p.add_argument("--lm_beta", type=float, help="bonus per word (default: the LM's tuned one)")
+    p.add_argument(
+        "--beam_width", type=at_least(1, int), help="hypotheses kept per frame (default: the LM's tuned one, or 64)"
+    )
+    p.add_argument("--lm_alpha", type=at_least(-math.inf), help="LM weight (default: the LM's tuned one)")
+    p.add_argument("--lm_beta", type=at_least(-math.inf), help="bonus per word (default: the LM's tuned one)")
     p.add_argument(
         "--hotwords",
         help='words to favour, e.g. "прослушка:10,квартц" (weight 10 if not given); also words the LM has never seen',
@@ -84,12 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("-o/--output and --output_dir exclude each other")
     if args.report and not args.manifest:
         p.error("--report needs --manifest (the reference texts)")
-    if args.batch_size < 1 or args.max_chunk_seconds < 1:
-        p.error("--batch_size and --max_chunk_seconds must be at least 1")
+    tolerant_stderr()
 
     from proslushka.audio import AudioError
     from proslushka.decode import DecoderError
-    from proslushka.files import atomic_write, check_writable
+    from proslushka.files import atomic_write, check_not_input, check_writable
     from proslushka.formats import render
     from proslushka.infer import ModelError, Transcriber
     from proslushka.manifest import ManifestError
@@ -109,6 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for problem in problems:
         print(problem, file=sys.stderr)
+    try:
+        for out, sources in outputs_and_sources(args, items):
+            check_not_input(out, sources)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.report and all(it.ref is None for it in items):  # the transcripts would go only to a report of nothing
+        print(f"error: {args.manifest}: no row has a text to score against", file=sys.stderr)
+        return 1
+    if not (args.output or args.output_dir or args.report) and sys.stdout is None:
+        print("error: stdout is closed; give -o/--output or --output_dir", file=sys.stderr)
+        return 1
     if args.format in ("srt", "vtt", "tsv") and not args.output_dir and len(items) + len(problems) > 1:
         p.error(f"--format {args.format} with several inputs needs --output_dir (one file each)")
     out_dir = Path(args.output_dir) if args.output_dir else None
@@ -144,8 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.output:
             texts.append(text)
         elif not args.report:  # with --report the hypotheses are in the report file
-            sys.stdout.write(text)
-            sys.stdout.flush()
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except OSError as e:  # the rest would go nowhere either: stop now
+                if bar:
+                    bar.close()
+                return stdout_failed(e)
         if item.ref is not None:
             scored.append((item.path, item.ref, result.text))
     if bar:
@@ -156,19 +184,82 @@ def main(argv: list[str] | None = None) -> int:
         if args.report:
             summary, table = report(scored)
             atomic_write(args.report, table)
-            print(f"{summary}; {failed} inputs failed, not scored" if failed else summary, file=sys.stderr)
     except OSError as e:
         print(f"error: {e.filename or args.output or args.report}: cannot write ({e.strerror})", file=sys.stderr)
         return 1
+    if args.report and summary is None:
+        why = "every transcribed row has an empty text" if scored else "no row with a text was read"
+        print(f"error: no reference words to score against: {why}", file=sys.stderr)
+        return 1
+    if args.report:
+        print(f"{summary}; {failed} inputs failed, not scored" if failed else summary, file=sys.stderr)
     return 1 if failed else 0
+
+
+def at_least(lo: float, kind: type = float):
+    """An argparse type: a finite number of `kind` (float or int) not below `lo`. float() takes "nan" and "inf",
+    which no size, duration or weight can be; argparse then reports the flag, one line, exit 2."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < lo:
+            what = "an integer" if kind is int else "a finite number"
+            bound = f" of at least {lo:g}" if lo > -math.inf else ""
+            raise argparse.ArgumentTypeError(f"must be {what}{bound}, not {text!r}")
+        return value
+
+    return parse
+
+
+def outputs_and_sources(args: argparse.Namespace, items: list[Item]):
+    """(output path, the inputs it must not be) for each file this run would write: -o and --report against every
+    input (audio, manifest, model, LM), each --output_dir file against its own audio and the shared inputs."""
+    shared = [f for f in (args.manifest, args.model, args.lm) if f and f != "none"]
+    for out in filter(None, (args.output, args.report)):
+        yield out, [*shared, *(it.path for it in items)]
+    if args.output_dir:
+        for it in items:
+            yield Path(args.output_dir) / out_name(it, args.format), [*shared, it.path]
+
+
+def tolerant_stderr() -> None:
+    """Let stderr show any file name: one that is not UTF-8 (b"a\\xff.wav" reaches Python as "a\\udcff.wav") then
+    prints as "a\\udcff.wav" instead of failing, e.g. under PYTHONIOENCODING=utf-8:strict or a test's capture."""
+    reconfigure = getattr(sys.stderr, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
+
+
+def stdout_failed(e: OSError) -> int:
+    """The exit code when stdout stops taking output: quietly 141 for a reader that went away (`| head`), as Unix
+    tools exit; one line and 1 otherwise (a full disk). stdout is pointed at /dev/null first, so that Python's
+    own flush at exit does not fail again on what is still buffered ("Exception ignored ...")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's capture): nothing is flushed at exit either
+        pass
+    if isinstance(e, BrokenPipeError):
+        return SIGPIPE_EXIT
+    print(f"error: stdout: cannot write ({e.strerror or e})", file=sys.stderr)
+    return 1
 
 
 def setup_decoder(tr, args: argparse.Namespace) -> None:
     """Beam search with the chosen LM (or none), the settings given on the command line and the hotwords;
     greedy for --lm none without hotwords. Raises DecoderError for an LM, settings or hotwords that cannot be used."""
-    from proslushka.decode import load_settings, parse_hotwords
+    from proslushka.decode import DecoderError, load_settings, parse_hotwords
 
     hotwords = parse_hotwords(args.hotwords, tr.labels) if args.hotwords else None
+    for word, weight in (hotwords or {}).items():  # parse_hotwords bounds them below only
+        if weight > MAX_HOTWORD_WEIGHT:
+            raise DecoderError(
+                f"--hotwords: {word!r}: the weight must be at most {MAX_HOTWORD_WEIGHT:g}, not {weight:g}"
+            )
     given = {"alpha": args.lm_alpha, "beta": args.lm_beta, "beam_width": args.beam_width}
     given = {k: v for k, v in given.items() if v is not None}
     lm = args.lm
@@ -243,20 +334,33 @@ def out_name(item: Item, fmt: str) -> Path:
     return item.name.with_suffix("." + fmt)
 
 
-def report(scored: list[tuple[str, str, str]]) -> tuple[str, str]:
-    """(summary line, TSV of per-utterance errors, the worst first) for (audio path, reference, hypothesis) rows."""
-    from proslushka.metrics import cer, error_counts, wer
+def report(scored: list[tuple[str, str, str]]) -> tuple[str | None, str]:
+    """(summary line, TSV of per-utterance errors, the worst first) for (audio path, reference, hypothesis) rows.
+    The summary pools the edits and reference sizes of all rows (as metrics.wer/cer do); it is None when there are
+    no reference words at all, since no rate then exists (metrics would say inf)."""
+    from proslushka.metrics import error_counts
 
-    refs, hyps = [r for _, r, _ in scored], [h for _, _, h in scored]
-    rows = []
+    rows, totals = [], [0, 0, 0, 0]
     for path, ref, hyp in scored:
-        char_edits, chars, word_edits, words = error_counts(ref, hyp)
-        rows.append((wer([ref], [hyp]), cer([ref], [hyp]), word_edits, words, char_edits, chars, path, ref, hyp))
+        counts = char_edits, chars, word_edits, words = error_counts(ref, hyp)
+        totals = [t + n for t, n in zip(totals, counts, strict=True)]
+        # an empty reference (a clip that should stay silent): each inserted word counts as one error, not inf
+        rows.append((word_edits / max(words, 1), char_edits / max(chars, 1), word_edits, words, char_edits, chars,
+                     printable(path), ref, hyp))  # fmt: skip
     rows.sort(key=lambda r: (-r[0], -r[1], r[6]))
     header = "wer\tcer\tword_edits\twords\tchar_edits\tchars\taudio_filepath\treference\thypothesis\n"
     table = header + "".join(f"{r[0]:.4f}\t{r[1]:.4f}\t" + "\t".join(map(str, r[2:])) + "\n" for r in rows)
-    summary = f"WER {100 * wer(refs, hyps):.2f}%  CER {100 * cer(refs, hyps):.2f}%  on {len(scored)} utterances"
+    char_edits, chars, word_edits, words = totals
+    if words == 0:
+        return None, table
+    summary = f"WER {100 * word_edits / words:.2f}%  CER {100 * char_edits / chars:.2f}%  on {len(scored)} utterances"
     return summary, table
+
+
+def printable(name: str) -> str:
+    """`name` as UTF-8 can hold it: a name that is not UTF-8 (b"a\\xff.wav", in Python "a\\udcff.wav") with its
+    undecodable bytes as backslash escapes, so that writing it cannot fail."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def progress(total: int):

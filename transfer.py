@@ -54,13 +54,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from proslushka import checkpoint
     from proslushka.fetch import FetchError, fetch
-    from proslushka.files import check_writable
+    from proslushka.files import check_not_input, check_writable
     from proslushka.golos import MODEL
     from proslushka.model import QuartzNet, count_parameters
     from proslushka.nemo import NemoError, load_nemo
 
     source = Path(MODEL.name if args.nemo == "golos" else args.nemo)
     out = Path(args.output) if args.output else Path("models") / (source.stem.lower() + ".pt")
+    try:  # transfer.py v.nemo -o v.nemo would replace the .nemo with a checkpoint
+        check_not_input(out, [source])
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         check_writable(out)
         if args.nemo == "golos":

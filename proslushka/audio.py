@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +28,10 @@ import soxr
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 10.0  # how much audio to decode at a time
 OGG_MAX_PAGE = 65307  # bytes: a page header, 255 lacing values and 255 × 255 bytes of data
+MIN_SAMPLE_RATE = 4000  # Hz: telephone speech is 8 kHz; below 4 kHz no speech fits, and a 1 Hz file resampled to
+# 16 kHz turns a few KB into hours of "audio"
+WAV_HEADER_MAX = 65536  # bytes searched for a WAV's data chunk (past the fmt, LIST and bext chunks before it)
+MP3_SLACK = 2 * 1152  # samples: an encoder may count its own Xing frame in the header's frame count
 
 
 class AudioError(ValueError):
@@ -106,6 +111,8 @@ def stream_audio(
         raise AudioError(f"{path}: no such file") from None
     except OSError as e:  # a name too long, a folder we may not enter: this file fails, not the whole batch
         raise AudioError(f"{path}: {e.strerror}") from None
+    except ValueError as e:  # a NUL byte or a lone surrogate (e.g. from a manifest's JSON): no file has that name
+        raise AudioError(f"{path}: not a usable file name ({getattr(e, 'reason', e)})") from None
     if not path.is_file():
         raise AudioError(f"{path}: not a file")
     if size == 0:
@@ -113,10 +120,16 @@ def stream_audio(
     limit = None if max_seconds is None else round(max_seconds * sample_rate)
     block = max(int(block_seconds * sample_rate), 1)
     sndfile = _open_sndfile(path)
+    wav = _wav_data(path) if sndfile is not None and sndfile.format in ("WAV", "WAVEX") else None
+    if wav is not None and wav[0] == 0 and wav[1] > 0:
+        # a recorder's placeholder size 0 (written before the length is known): libsndfile reads it as no audio at
+        # all, ffmpeg reads the data to the end of the file
+        sndfile.close()
+        sndfile = None
     if sndfile is None:
         blocks = _ffmpeg_blocks(path, sample_rate, block)
     else:
-        blocks = _sndfile_blocks(sndfile, path, sample_rate, block, limit)
+        blocks = _sndfile_blocks(sndfile, path, sample_rate, block, limit, wav)
     total = 0
     with closing(blocks):  # a consumer that stops early closes the decoder (and ends ffmpeg) at once
         for samples in blocks:
@@ -130,18 +143,28 @@ def stream_audio(
 
 def _open_sndfile(path: Path) -> soundfile.SoundFile | None:
     """The file opened by libsndfile, or None when it is not a format libsndfile reads (ffmpeg then tries)."""
-    try:
-        return soundfile.SoundFile(path)
+    try:  # bytes, not str: soundfile encodes a str strictly, and a name that is not UTF-8 (b"a\\xff.wav") would fail
+        return soundfile.SoundFile(os.fsencode(path))
     except (soundfile.LibsndfileError, RuntimeError):
         return None
 
 
 def _sndfile_blocks(
-    f: soundfile.SoundFile, path: Path, sample_rate: int, block: int, limit: int | None
+    f: soundfile.SoundFile,
+    path: Path,
+    sample_rate: int,
+    block: int,
+    limit: int | None,
+    wav: tuple[int, int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     with f:
         if f.format == "OGG" and not _ogg_complete(path):
             raise AudioError(f"{path}: truncated (the Ogg stream ends before its last page)")
+        if wav is not None and (why := _wav_truncated(*wav)):
+            raise AudioError(f"{path}: {why}")
+        if f.samplerate < MIN_SAMPLE_RATE:
+            raise AudioError(f"{path}: a sample rate of {f.samplerate} Hz; speech needs at least {MIN_SAMPLE_RATE} Hz")
+        exact_mp3 = f.format == "MP3" and _mp3_counted(path)
         # refuse at once what the header says is too long; an MP3's count without a Xing header is a guess
         if limit is not None and f.format != "MP3" and f.frames * sample_rate > limit * f.samplerate:
             seconds, most = f.frames / f.samplerate, limit / sample_rate
@@ -156,6 +179,9 @@ def _sndfile_blocks(
                 x = f.read(frames, dtype="float32", always_2d=True)
             except (soundfile.LibsndfileError, RuntimeError) as e:
                 raise AudioError(f"{path}: not readable audio ({e})") from None
+            if not np.isfinite(x).all():  # a float file can hold them; the features would turn all NaN
+                at = (read + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])) / f.samplerate
+                raise AudioError(f"{path}: NaN or infinite samples (at {at:.2f} s)")
             read, done = read + len(x), len(x) == 0
             x = x[:, 0] if x.shape[1] == 1 else x.mean(axis=1)  # NeMo's downmix: the channels' mean
             if resampler is not None:
@@ -165,7 +191,9 @@ def _sndfile_blocks(
                 yield x
             if done:
                 break
-        if f.format == "FLAC" and read < f.frames:  # FLAC's header counts its samples exactly
+        # FLAC's header counts its samples exactly; so does an MP3's Xing/Info frame (with the encoder's delay and
+        # padding, from LAME's tag), which libsndfile then reports; without one its count is a guess from the size
+        if (f.format == "FLAC" and read < f.frames) or (exact_mp3 and read + MP3_SLACK < f.frames):
             raise AudioError(f"{path}: truncated ({read / f.samplerate:.2f} s of {f.frames / f.samplerate:.2f} s)")
         if resampler is not None and (pad := -(-read * sample_rate // f.samplerate) - out) > 0:
             yield np.zeros(pad, np.float32)  # librosa.resample's length, ceil(n × ratio): soxr rounds instead
@@ -184,6 +212,58 @@ def _ogg_complete(path: Path) -> bool:
     segments = tail[at + 27 : at + 27 + tail[at + 26]]  # the lacing values: the page's data size, summed
     end_of_stream = tail[at + 5] & 0x04
     return bool(end_of_stream) and at + 27 + len(segments) + sum(segments) == len(tail)
+
+
+def _wav_data(path: Path) -> tuple[int, int, int] | None:
+    """(data size the header declares, data bytes the file holds, bytes per second) of a RIFF WAVE file, or None
+    when the data chunk is not found in the first WAV_HEADER_MAX bytes. libsndfile clamps a declared size past the
+    end of the file to what is there, so a WAV cut short would otherwise be read as a shorter recording."""
+    with open(path, "rb") as fh:
+        head = fh.read(WAV_HEADER_MAX)
+        size = os.fstat(fh.fileno()).st_size
+    if head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order = "<" if head[:4] == b"RIFF" else ">"  # RIFX: the same layout, big-endian
+    pos, byte_rate = 12, 0
+    while pos + 8 <= len(head):
+        tag, (n,) = head[pos : pos + 4], struct.unpack(order + "I", head[pos + 4 : pos + 8])
+        if tag == b"fmt " and pos + 20 <= len(head):  # format tag, channels, sample rate, then bytes per second
+            (byte_rate,) = struct.unpack(order + "I", head[pos + 16 : pos + 20])
+        if tag == b"data":
+            return n, size - pos - 8, byte_rate
+        pos += 8 + n + (n & 1)  # chunks are padded to an even size
+    return None
+
+
+def _wav_truncated(declared: int, present: int, byte_rate: int) -> str | None:
+    """Why a WAV whose data chunk declares `declared` bytes but holds `present` is cut short; None if it is not, or
+    if the size is a placeholder: recorders writing to a pipe put 0, 0xFFFFFFFF or about 2^31 there (arecord
+    0x7FFFFFFF, sox 0x7FFFF000, ffmpeg 0xFFFFFFFF) and never come back to fix it."""
+    placeholder = declared == 0 or 0x7FFF0000 <= declared <= 0x7FFFFFFF or declared >= 0xFFFF0000
+    if placeholder or present >= declared or byte_rate == 0:
+        return None
+    return f"truncated ({present / byte_rate:.2f} s of {declared / byte_rate:.2f} s)"
+
+
+def _mp3_counted(path: Path) -> bool:
+    """Whether an MP3's first frame is a Xing/Info frame with a frame count (LAME writes one, for CBR too): then
+    libsndfile's length is exact, and a file that decodes to less was cut short."""
+    with open(path, "rb") as fh:
+        head = fh.read(10)
+        skip = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag first: its size is 4 × 7 bits, plus a footer
+            skip = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(head[6:10]))
+            skip += 10 if head[5] & 0x10 else 0
+        fh.seek(skip)
+        frame = fh.read(4096)
+    sync = re.search(rb"\xff[\xe0-\xff]", frame)  # the first frame header: 11 bits set
+    if sync is None:
+        return False
+    at = sync.start()
+    mpeg1, mono = (frame[at + 1] >> 3) & 3 == 3, (frame[at + 3] >> 6) == 3
+    side = (17 if mono else 32) if mpeg1 else (9 if mono else 17)  # the side information before the tag
+    tag = frame[at + 4 + side : at + 4 + side + 8]
+    return tag[:4] in (b"Xing", b"Info") and len(tag) == 8 and bool(tag[7] & 1)  # flag 1: the frame count is there
 
 
 def _ffmpeg_cmd(path: Path, sample_rate: int) -> list[str]:

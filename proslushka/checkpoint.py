@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 
 from .features import FeatureConfig
 from .files import atomic_write
+from .manifest import short
 from .model import ModelConfig, QuartzNet
 from .text import labels_problem
 
@@ -47,12 +50,30 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a pickle protocol torch does not expect: a multi-line warning, no use here
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_load_problem(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a Proslushka checkpoint (no format {FORMAT!r})")
     return ckpt
+
+
+# Sentences of torch's load errors that advise loading anyway (weights_only=False, allow-listing a global): unsafe
+# for a file from who knows where, so never passed on.
+_UNSAFE_ADVICE = re.compile(r"weights_only|safe_globals|trust|file an issue", re.I)
+
+
+def _load_problem(e: Exception) -> str:
+    """torch.load's error as one short line: the unpickler's own reason, without torch's advice to load the file
+    unsafely."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # torch bolds part of its advice with terminal escapes
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    kept = [s for s in sentences if s and not _UNSAFE_ADVICE.search(s)]
+    return kept[0][:200] if kept else "unreadable"
 
 
 def load_model(
@@ -71,6 +92,7 @@ def unpack(ckpt: dict[str, Any], name: str = "checkpoint") -> tuple[QuartzNet, F
     model is first built on the meta device (shapes, no memory) and the weights checked against it, so a config
     asking for a huge model cannot allocate more than the file's own tensors.
     """
+    _check_weights(ckpt, name)
     try:
         cfg = ModelConfig.from_dict(ckpt["model_config"])
         why = _config_problem(cfg, ckpt["labels"])
@@ -115,6 +137,7 @@ def average(ckpts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
         raise CheckpointError("no checkpoints to average")
     first, last = ckpts[0], ckpts[-1]
     for ckpt, name in zip(ckpts, names, strict=True):
+        _check_weights(ckpt, name)
         for key in ("labels", "model_config", "feature_config"):
             if ckpt.get(key) != first.get(key):
                 raise CheckpointError(
@@ -136,3 +159,16 @@ def average(ckpts: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
             total += ckpt["model"][key].double()
         model[key] = (total / len(ckpts)).to(value.dtype)
     return {**{k: v for k, v in last.items() if k != "trainer"}, "model": model, "averaged": list(names)}
+
+
+def _check_weights(ckpt: Any, name: str) -> None:
+    """Raise CheckpointError naming `name` unless ckpt["model"] is a state dict (names → tensors): the format check
+    in `load` does not look inside, and a hand-made or damaged file can hold anything there."""
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{name}: no model weights (no 'model' entry)")
+    weights = ckpt["model"]
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"{name}: its 'model' is {short(weights)}, not a state dict of weights")
+    for key, value in weights.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{name}: weight {str(key)[:80]!r} is a {type(value).__name__}, not a tensor")

@@ -4,6 +4,7 @@ pauses; json and tsv carry every word's start and end. No torch: inference uses 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .infer import Transcript, Word
@@ -12,6 +13,7 @@ FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 MAX_LINE_CHARS = 42  # the usual subtitle line width
 MAX_CUE_SECONDS = 7.0
 CUE_PAUSE_SECONDS = 1.0  # a pause this long starts a new cue
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def cues(words: list[Word], max_words: int | None = None) -> list[tuple[float, float, str]]:
@@ -56,8 +58,12 @@ def to_txt(t: Transcript) -> str:
 
 
 def to_json(t: Transcript, **extra: Any) -> str:
-    """One line of JSON (so that several transcripts make a JSON-lines file); `extra` keys come first."""
-    return json.dumps({**extra, **as_dict(t)}, ensure_ascii=False) + "\n"
+    """One line of JSON (so that several transcripts make a JSON-lines file); `extra` keys come first.
+
+    A file name that is not UTF-8 reaches Python with lone surrogates (b"a\\xff.wav" is "a\\udcff.wav"), which no
+    UTF-8 output can hold: they are written as JSON escapes, which json.loads turns back into the same name."""
+    text = json.dumps({**extra, **as_dict(t)}, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
 
 
 def to_srt(t: Transcript, max_words: int | None = None) -> str:

@@ -21,11 +21,13 @@ import numpy as np
 
 from .audio import AudioError
 from .decode import BeamDecoder, DecoderError, load_settings, settings_path
-from .features import FeatureConfig, batch_numpy, log_mel_numpy
+from .features import FeatureConfig, batch_numpy, log_mel_numpy, num_frames
 from .segment import MAX_CHUNK_SECONDS, split, stream_audio
 from .text import labels_problem
 
 POOL_BATCHES = 4  # chunks held for sorting by length: batch_size × this (a longer pool pads less but holds more)
+# what logprobs() feeds the model: export.py's (NeMo's) input names and types
+INPUTS = {"audio_signal": "tensor(float)", "length": "tensor(int64)"}
 
 
 class ModelError(ValueError):
@@ -45,6 +47,29 @@ def read_metadata(values: dict[str, str]) -> tuple[list[str], FeatureConfig, int
     if not stride.isdigit() or not 1 <= int(stride) <= 64:
         raise ValueError(f"subsampling_factor must be an integer from 1 to 64, not {stride[:20]!r}")
     return labels, feature_config, int(stride)
+
+
+def graph_problem(session, labels: Sequence[str], feature_config: FeatureConfig) -> str | None:
+    """Why an onnxruntime session's graph does not take the inputs logprobs() feeds it, or does not match its
+    metadata (mel bands in, labels + blank out); None when it fits. Checked once at load, so a mismatch is one
+    line naming the model, not onnxruntime's error on the first file."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    if {name: i.type for name, i in inputs.items()} != INPUTS:
+        got = ", ".join(f"{name!r} ({i.type})" for name, i in inputs.items())  # repr: a hostile name stays one line
+        want = ", ".join(f"{name!r} ({kind})" for name, kind in INPUTS.items())
+        return f"the model's inputs are {got or 'none'}, not {want} as export.py writes them"
+    shape = inputs["audio_signal"].shape
+    if len(shape) != 3:
+        return f"the model's audio_signal has {len(shape)} dimensions, not 3 (batch, mel bands, time)"
+    if isinstance(shape[1], int) and shape[1] != feature_config.n_mels:
+        return f"the model takes {shape[1]} mel bands but its feature_config says n_mels {feature_config.n_mels}"
+    outputs = session.get_outputs()
+    if len(outputs) != 2:
+        return f"the model gives {len(outputs)} results, not 2 (logprobs and encoded_lengths)"
+    width = outputs[0].shape[-1] if outputs[0].shape else None
+    if isinstance(width, int) and width != len(labels) + 1:
+        return f"the model has {width} outputs but the metadata {len(labels)} labels + blank"
+    return None
 
 
 @dataclass
@@ -127,12 +152,11 @@ class Transcriber:
         try:
             meta = self.session.get_modelmeta().custom_metadata_map
             self.labels, self.feature_config, self.stride = read_metadata(meta)
-            width = self.session.get_outputs()[0].shape[-1]
-            if isinstance(width, int) and width != len(self.labels) + 1:
-                raise ValueError(f"the model has {width} outputs but the metadata {len(self.labels)} labels + blank")
         except (KeyError, ValueError, TypeError) as e:
             reason = str(e)[:200]
             raise ModelError(f"{path}: unusable ONNX metadata ({reason}); export the model with export.py") from None
+        if why := graph_problem(self.session, self.labels, self.feature_config):
+            raise ModelError(f"{path}: unusable ONNX model ({why[:300]}); export the model with export.py")
         self.blank = len(self.labels)
         self.sample_rate = self.feature_config.sample_rate
         self.frame_seconds = self.feature_config.window_stride * self.stride  # one output frame: 20 ms
@@ -234,7 +258,10 @@ class Transcriber:
                 yield block
 
         align = self.feature_config.hop_length * self.stride
-        return split(counted(blocks), self.sample_rate, max_seconds, align=align, skip_silence=self.skip_silence)
+        chunks = split(counted(blocks), self.sample_rate, max_seconds, align=align, skip_silence=self.skip_silence)
+        # a chunk shorter than one hop (a file's last few samples with skip_silence off) has no valid frame: the
+        # model would hear nothing in it, and normalizing its empty features would only warn about empty means
+        return ((start, audio) for start, audio in chunks if num_frames(len(audio), self.feature_config) > 0)
 
     def _run(self, pool: list[tuple[_Job, int, np.ndarray]], batch_size: int) -> None:
         pool.sort(key=lambda item: len(item[2]))

@@ -15,19 +15,29 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from .decode import DEFAULTS, arpa_words, settings_path, vocab_path, write_settings
-from .files import atomic_write
+from .files import atomic_write, check_not_input, check_writable
 from .text import LABELS, check, normalize
 
 ROOT = Path(__file__).resolve().parent.parent
 KENLM_DIR = ROOT / "build" / "kenlm"  # where tools/build_kenlm.sh puts lmplz and build_binary
 DEFAULT_MODEL = ROOT / "models" / "demo.onnx"
+
+
+class LMError(ValueError):
+    """Input or output that `build` or `tune` cannot use, said in one line naming the file; `code` is the exit status
+    (1 for bad data: texts, manifests, audio; 2 for a bad output path)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 def clean_lines(lines: Iterable[str], labels: tuple[str, ...] = LABELS) -> Iterator[str]:
@@ -56,20 +66,35 @@ def excluded(lines: Iterable[str], sentences: Iterable[str]) -> Iterator[str]:
             yield line
 
 
+def _rows(path: str | os.PathLike, fields: Sequence[str]) -> Iterator[tuple[int, dict]]:
+    """(line, row) of every manifest row holding each of `fields` as a string; LMError naming the file if it cannot
+    be read. Only `fields` are required of a CSV's header: neither building nor tuning needs a duration."""
+    from .manifest import ManifestError, iter_manifest_rows
+
+    try:
+        for line, row in iter_manifest_rows(path, required=fields):
+            if isinstance(row, dict) and all(isinstance(row.get(f), str) for f in fields):
+                yield line, row
+    except ManifestError as e:
+        raise LMError(str(e)) from None
+
+
 def manifest_rows(path: str | os.PathLike) -> list[tuple[Path, str]]:
     """(audio path, normalized text) of every manifest row that has both; relative paths resolve against its folder."""
-    from .manifest import iter_manifest_rows
+    return [(audio, text) for _, audio, text in _numbered_rows(path)]
 
+
+def _numbered_rows(path: str | os.PathLike) -> list[tuple[int, Path, str]]:
     folder = Path(path).resolve().parent
     return [
-        (folder / row["audio_filepath"], normalize(row["text"]))
-        for _, row in iter_manifest_rows(path)
-        if isinstance(row, dict) and isinstance(row.get("text"), str) and isinstance(row.get("audio_filepath"), str)
+        (line, folder / row["audio_filepath"], normalize(row["text"]))
+        for line, row in _rows(path, ("audio_filepath", "text"))
     ]
 
 
 def manifest_sentences(path: str | os.PathLike) -> list[str]:
-    return [text for _, text in manifest_rows(path)]
+    """The normalized texts of a manifest (its audio does not matter: a sentence to keep out of the LM)."""
+    return [normalize(row["text"]) for _, row in _rows(path, ("text",))]
 
 
 def kenlm_program(name: str, kenlm_dir: str | os.PathLike | None) -> str:
@@ -78,7 +103,7 @@ def kenlm_program(name: str, kenlm_dir: str | os.PathLike | None) -> str:
         found = shutil.which(name, path=None if folder is None else str(folder))
         if found:
             return found
-    raise SystemExit(f"error: KenLM's {name} not found (build it with tools/build_kenlm.sh, or give --kenlm_dir)")
+    raise LMError(f"KenLM's {name} not found (build it with tools/build_kenlm.sh, or give --kenlm_dir)")
 
 
 def build(
@@ -91,64 +116,126 @@ def build(
 ) -> dict:
     """Build the LM `out` (a quantized KenLM trie, or ARPA text with arpa=True) with its .words and .json.
 
-    Returns the settings written to the .json."""
+    Every input is checked before KenLM runs, and each output file is replaced only once it is complete, so a failed
+    build leaves an existing LM of that name (and its .words and .json) as it was. Returns the settings written to
+    the .json; raises LMError naming the file at fault."""
     out = Path(out)
+    check_output(out, [*texts, *exclude])
     lmplz, build_binary = kenlm_program("lmplz", kenlm_dir), kenlm_program("build_binary", kenlm_dir)
-    drop = [s for m in exclude for s in manifest_sentences(m)]
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus, model = Path(tmp) / "corpus.txt", Path(tmp) / "lm.arpa"
-        kept = total = 0
-        with open(corpus, "w", encoding="utf-8") as f:
-            for text in texts:
-                with open(text, encoding="utf-8", errors="replace") as lines:
-                    cleaned = list(clean_lines(lines))
-                total += len(cleaned)
-                for line in excluded(cleaned, drop):
-                    f.write(line + "\n")
-                    kept += 1
-        print(f"{kept} lines kept, {total - kept} dropped for containing an --exclude sentence", file=sys.stderr)
-        # --discount_fallback: a small text lacks the counts that Kneser-Ney's discounts are estimated from
-        run(
-            [
-                lmplz,
-                "-o",
-                str(order),
-                "-S",
-                "20%",
-                "-T",
-                tmp,
-                "--discount_fallback",
-                "--text",
-                str(corpus),
-                "--arpa",
-                str(model),
-            ]
-        )
-        words = arpa_words(model)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if arpa:
-            shutil.copyfile(model, out)
-        else:  # 8-bit quantized probabilities and backoffs in a trie: about a quarter of the probing format's size
-            run([build_binary, "-q", "8", "-b", "8", "trie", str(model), str(out)])
-    atomic_write(vocab_path(out), "".join(w + "\n" for w in words))
-    settings = {
-        **DEFAULTS,
-        "labels": "".join(LABELS),
-        "order": order,
-        "built_from": [Path(t).name for t in texts],
-        "excluded": [str(m) for m in exclude],
-        "lines": kept,
-        "words": len(words),
-    }
-    write_settings(out, settings)
+    drop = exclusions(exclude)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus, model = Path(tmp) / "corpus.txt", Path(tmp) / "lm.arpa"
+            kept = write_corpus(texts, drop, corpus)
+            # --discount_fallback: a small text lacks the counts that Kneser-Ney's discounts are estimated from
+            run([lmplz, "-o", str(order), "-S", "20%", "-T", tmp, "--discount_fallback", "--text", str(corpus),
+                 "--arpa", str(model)])  # fmt: skip
+            words = arpa_words(model)
+            if arpa:
+                install(out, lambda staged: shutil.copyfile(model, staged))
+            else:  # 8-bit quantized probabilities and backoffs in a trie: a quarter of the probing format's size
+                install(out, lambda staged: run([build_binary, "-q", "8", "-b", "8", "trie", str(model), str(staged)]))
+        atomic_write(vocab_path(out), "".join(w + "\n" for w in words))
+        settings = {
+            **DEFAULTS,
+            "labels": "".join(LABELS),
+            "order": order,
+            "built_from": [Path(t).name for t in texts],
+            "excluded": [str(m) for m in exclude],
+            "lines": kept,
+            "words": len(words),
+        }
+        write_settings(out, settings)
+    except OSError as e:  # the disk filled up meanwhile: each file is whole, old or new
+        raise LMError(f"{e.filename or out}: cannot write ({e.strerror})") from None
     return settings
 
 
+def write_corpus(texts: Sequence[str | os.PathLike], drop: list[str], corpus: Path) -> int:
+    """Write the normalized lines of `texts` that contain no `drop` sentence to `corpus`; returns how many.
+
+    LMError if there are none: KenLM would fail on an empty corpus with a cryptic MissingSentenceMarker."""
+    kept = total = read = 0
+    with open(corpus, "w", encoding="utf-8") as f:
+        for text in texts:
+            lines = read_text(text)
+            read += len(lines)
+            cleaned = list(clean_lines(lines))
+            total += len(cleaned)
+            for line in excluded(cleaned, drop):
+                f.write(line + "\n")
+                kept += 1
+    if not kept:
+        why = "all contain an --exclude sentence" if total else "none wholly in the alphabet after normalization"
+        raise LMError(f"{', '.join(map(str, texts))}: no usable lines ({read} lines, {why})")
+    print(f"{kept} lines kept, {total - kept} dropped for containing an --exclude sentence", file=sys.stderr)
+    return kept
+
+
+def check_output(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
+    """LMError (exit 2) now, before any work, if the LM or the .words and .json beside it cannot be written, or
+    would replace an input (-o equal to the text, or NAME.json being one)."""
+    if out in (vocab_path(out), settings_path(out)):
+        raise LMError(f"{out}: an LM's name must not end in .words or .json (those files go beside it)", 2)
+    if out.exists() and not out.is_file() and not out.is_dir():
+        raise LMError(f"{out}: not a regular file (an LM is renamed into place)", 2)
+    try:
+        for path in (out, vocab_path(out), settings_path(out)):
+            check_not_input(path, list(inputs))
+            check_writable(path)
+    except ValueError as e:
+        raise LMError(str(e), 2) from None
+    except OSError as e:
+        raise LMError(f"{e.filename or out}: cannot write the LM there ({e.strerror})", 2) from None
+
+
+def exclusions(manifests: Sequence[str]) -> list[str]:
+    """The sentences of the --exclude manifests. A manifest without any is refused: the point of --exclude is that
+    the LM never sees them, and a wrong file would silently exclude nothing."""
+    sentences = []
+    for m in manifests:
+        found = [s for s in manifest_sentences(m) if s]
+        if not found:
+            raise LMError(f"{m}: no rows with a text to exclude (is it a manifest?)")
+        sentences += found
+    return sentences
+
+
+def read_text(path: str | os.PathLike) -> list[str]:
+    """The lines of a text file (undecodable bytes replaced); LMError naming it if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # /dev/zero would never end
+                raise LMError(f"{path}: not a regular file")
+            return f.readlines()
+    except OSError as e:
+        why = "is a folder, not a text file" if isinstance(e, IsADirectoryError) else f"cannot read ({e.strerror})"
+        raise LMError(f"{path}: {why}") from None
+
+
+def install(out: Path, write: Callable[[Path], object]) -> None:
+    """Have `write(path)` write the file at a fresh path in out's folder, then rename it over `out`: a write that
+    fails (KenLM exits, the disk fills) leaves the old `out` as it was, never a truncated one.
+
+    The fresh path is in a temp folder, so the writer creates the file itself, with the usual permissions."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        staged = stage / out.name
+        write(staged)
+        with open(staged, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(staged, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def run(cmd: list[str]) -> None:
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-3:]
-        raise SystemExit(f"error: {Path(cmd[0]).name} failed: {' / '.join(tail)}")
+        raise LMError(f"{Path(cmd[0]).name} failed: {' / '.join(tail)}")
 
 
 def tune(
@@ -168,12 +255,15 @@ def tune(
     from .infer import Transcriber
     from .metrics import cer, wer
 
-    rows = manifest_rows(manifest)
+    rows = _numbered_rows(manifest)
+    refs = [ref for _, _, ref in rows]
+    if not any(refs):  # WER 0 on nothing would make the first setting "best" and overwrite NAME.json with it
+        raise LMError(f"{manifest}: no references to tune on (no row has both an audio_filepath and a text)")
     tr = Transcriber(model, threads=threads)
-    print(f"log-probs of {len(rows)} utterances ...", file=sys.stderr)
-    chunked = [[lp for _, lp in tr.chunk_logprobs(audio)] for audio, _ in rows]
-    refs = [ref for _, ref in rows]
     base = load_settings(lm)
+    BeamDecoder(tr.labels, lm, base)  # an unusable LM fails now, not after the log-probs of every clip
+    print(f"log-probs of {len(rows)} utterances ...", file=sys.stderr)
+    chunked = [_logprobs(tr, audio, f"{manifest}:{line}") for line, audio, _ in rows]
     table = []
 
     def score(beam: int, alpha: float, beta: float) -> tuple[float, float]:
@@ -195,6 +285,16 @@ def tune(
     return best | {
         "tuned_on": {"manifest": str(manifest), "model": Path(model).name, "wer": round(wer_, 2), "cer": round(cer_, 2)}
     }, table
+
+
+def _logprobs(tr, audio: Path, where: str) -> list:
+    """The log-probs of each chunk of a clip; LMError naming the manifest row if its audio cannot be read."""
+    from .audio import AudioError
+
+    try:
+        return [lp for _, lp in tr.chunk_logprobs(audio)]
+    except AudioError as e:
+        raise LMError(f"{where}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DecoderError, ModelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except LMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
     return 0
 
 

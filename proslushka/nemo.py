@@ -126,11 +126,22 @@ def parse_config(data: bytes) -> dict[str, Any]:
                 depth -= 1
         config = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
-        reason = str(e).replace("\n", " ")[:200]
-        raise NemoError(f"{CONFIG} is not valid YAML ({reason})") from None
+        raise NemoError(f"{CONFIG} is not valid YAML ({_yaml_problem(e)})") from None
     if not isinstance(config, dict):
         raise NemoError(f"{CONFIG} is not a mapping")
     return config
+
+
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error in one short line: "line L, column C: problem". PyYAML's own message spans several lines (the
+    context, then the offending line with a caret under it)."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if not problem:  # not a MarkedYAMLError: a decoding error, recursion
+        return " ".join(str(e).split())[:200] or type(e).__name__
+    context = getattr(e, "context", None)  # "while scanning a quoted scalar": what the parser was in
+    problem = " ".join((f"{problem}, {context}" if context else problem).split())[:200]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 def load_weights(data: bytes) -> dict[str, torch.Tensor]:

@@ -70,6 +70,31 @@ def to_onnx(model: QuartzNet, feature_config: FeatureConfig, labels: list[str]) 
     return proto
 
 
+def foreign(proto: onnx.ModelProto) -> str | None:
+    """Why `proto` is not a model this exporter wrote (its metadata, input and output names, a valid graph), or
+    None. Checked before quantizing a given ONNX file, so another model fails in one line naming what it lacks,
+    rather than deep inside onnxruntime."""
+    from .infer import read_metadata
+
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("producer") != "proslushka":
+        return "no proslushka metadata"
+    constants = {i.name for i in proto.graph.initializer}  # older IRs list the weights among the inputs
+    inputs = [i.name for i in proto.graph.input if i.name not in constants]
+    outputs = [o.name for o in proto.graph.output]
+    if inputs != INPUTS or outputs != OUTPUTS:
+        return f"inputs {inputs[:4]} and outputs {outputs[:4]}, not {INPUTS} and {OUTPUTS}"
+    try:
+        read_metadata(meta)
+    except (KeyError, ValueError, TypeError) as e:
+        return f"metadata: {' '.join(str(e).split())[:200]}"
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # ValidationError, and what the checker's C++ side throws for a malformed graph
+        return f"invalid graph: {' '.join(str(e).split())[:200]}"
+    return None
+
+
 def save(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     atomic_write(path, proto.SerializeToString())
 

@@ -54,6 +54,8 @@ def split(
     ends a chunk, and all of it but MARGIN_SECONDS at each side is left out; audio without speech gives no chunk.
     Without it the chunks hold every sample, in order.
     """
+    if not 0 < max_seconds < 1e9:  # NaN fails this too; int() of NaN or inf below would raise a puzzling error
+        raise ValueError(f"max_seconds must be a positive number of seconds, not {max_seconds}")
     frame = align if align > 1 else int(VAD_FRAME_SECONDS * sample_rate)
     limit = max(int(max_seconds * sample_rate) // frame, 1)  # in frames, from here on
     search = max(limit - int(search_seconds * sample_rate) // frame, 1)

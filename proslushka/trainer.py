@@ -565,7 +565,7 @@ class Trainer:
         try:
             yield
         except OSError as e:
-            raise TrainError(f"{path}: cannot write ({e.strerror}); resume from {self.out / 'last.pt'}") from None
+            raise TrainError(f"{path}: cannot write ({e.strerror}); {self._resume_hint()}") from None
 
     def loader(self) -> torch.utils.data.DataLoader:
         # A private generator: the DataLoader must not draw its worker seeds from the global RNG, or a resumed run
@@ -634,7 +634,13 @@ class Trainer:
             # frees the iterator now, which stops its workers; left to the garbage collector, the shutdown fails and
             # the workers (which ignore SIGTERM, see _ignore_signals) block the interpreter's exit.
             traceback.clear_frames(e.__traceback__)
-        raise TrainError(f"{message}; resume from {self.out / 'last.pt'} once it is fixed")
+        raise TrainError(f"{message}; {self._resume_hint()} once it is fixed")
+
+    def _resume_hint(self) -> str:
+        """How to go on after a failure: resume from last.pt only if it exists (a run that fails before its first
+        save has none, and naming a missing file would send the user looking for it)."""
+        last = self.out / "last.pt"
+        return f"resume from {last}" if last.is_file() else "no checkpoint saved yet: start the run again"
 
     def _fit(self) -> QuartzNet:
         cfg = self.cfg

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import wave
 
@@ -136,3 +137,79 @@ def test_libsndfile_formats_start_no_process(monkeypatch, tmp_path):
 def test_empty_bytes_raise():
     with pytest.raises(AudioError, match="empty"):
         load_audio_bytes(b"", "upload")
+
+
+def _wav_with_data_size(path, size):
+    """A 1 s PCM16 WAV whose RIFF and data chunk sizes say `size` (a recorder's placeholder, or a lie)."""
+    sf.write(path, np.random.default_rng(1).uniform(-0.5, 0.5, 16000), 16000, subtype="PCM_16")
+    if size is None:
+        return path
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data")
+    data[4:8] = data[at + 4 : at + 8] = size.to_bytes(4, "little")
+    path.write_bytes(data)
+    return path
+
+
+def test_a_wav_cut_short_is_refused_as_flac_is(tmp_path):
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, np.zeros(16000, np.int16), 16000)
+    data = whole.read_bytes()
+    (tmp_path / "cut.wav").write_bytes(data[: len(data) // 2])  # the header still says 1 s
+    with pytest.raises(AudioError) as e:
+        load_audio(tmp_path / "cut.wav")
+    assert str(e.value) == f"{tmp_path / 'cut.wav'}: truncated (0.50 s of 1.00 s)"
+
+
+@pytest.mark.parametrize("size", [0, 0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000])
+def test_a_streamed_wavs_placeholder_size_is_read_to_the_end(tmp_path, size):
+    path = _wav_with_data_size(tmp_path / "streamed.wav", size)
+    want = pcm16(_wav_with_data_size(tmp_path / "real.wav", None)).astype(np.float32) / 32768
+    assert np.array_equal(load_audio(path), want)  # all of it, exactly (size 0: libsndfile alone reads nothing)
+
+
+def test_an_mp3_cut_short_is_refused_when_its_header_counts_the_frames(tmp_path):
+    seconds = len(pcm16(AUDIO / "utt2.wav")) / 16000
+    for xing in ("1", "0"):  # LAME's Info frame (ffmpeg's default) / none: the length is then only a guess
+        whole = tmp_path / f"xing{xing}.mp3"
+        ffmpeg("-i", AUDIO / "utt2.wav", "-c:a", "libmp3lame", "-b:a", "64k", "-write_xing", xing, whole)
+        n = len(load_audio(whole))  # a whole file is never taken for a cut one, with or without
+        cut = tmp_path / f"cut{xing}.mp3"
+        cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+        if xing == "1":
+            with pytest.raises(AudioError, match=rf"cut1.mp3: truncated \(\d\.\d\d s of {seconds:.2f} s\)$"):
+                load_audio(cut)
+        else:
+            assert len(load_audio(cut)) < 0.6 * n  # no reliable count to check against: read as it is
+
+
+def test_sample_rates_too_low_for_speech_are_refused(tmp_path):
+    sf.write(tmp_path / "1hz.wav", np.zeros(6000, np.int16), 1)  # 6 KB: would be 100 min at 16 kHz
+    sf.write(tmp_path / "3999hz.wav", np.zeros(3999, np.int16), 3999)
+    sf.write(tmp_path / "4000hz.wav", np.zeros(4000, np.int16), 4000)
+    for name, rate in (("1hz.wav", 1), ("3999hz.wav", 3999)):
+        with pytest.raises(AudioError) as e:
+            load_audio(tmp_path / name)
+        assert str(e.value) == f"{tmp_path / name}: a sample rate of {rate} Hz; speech needs at least 4000 Hz"
+    assert len(load_audio(tmp_path / "4000hz.wav")) == 16000
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_samples_that_are_not_numbers_are_refused(tmp_path, bad):
+    x = np.zeros((32000, 2), np.float32)
+    x[24000, 1] = bad  # 1.5 s in, one channel
+    sf.write(tmp_path / "f.wav", x, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError) as e:
+        load_audio(tmp_path / "f.wav")
+    assert str(e.value) == f"{tmp_path / 'f.wav'}: NaN or infinite samples (at 1.50 s)"
+
+
+def test_names_that_are_not_utf8_are_read_and_unusable_names_are_one_error(tmp_path):
+    good = tmp_path / os.fsdecode(b"good\xff.wav")  # what Python makes of a Latin-1 name on a UTF-8 system
+    sf.write(tmp_path / "a.wav", np.full(1600, 0.25, np.float32), 16000, subtype="PCM_16")
+    (tmp_path / "a.wav").rename(good)
+    assert np.array_equal(load_audio(good), np.full(1600, 0.25, np.float32))
+    for name, why in (("a\ud800.wav", "surrogates not allowed"), ("a\0.wav", "embedded null byte")):
+        with pytest.raises(AudioError) as e:  # e.g. from a manifest's JSON: no file can have that name
+            load_audio(tmp_path / name)
+        assert str(e.value) == f"{tmp_path / name}: not a usable file name ({why})"

@@ -81,3 +81,57 @@ def test_checkpoints_of_other_models_are_refused_naming_the_file(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "junk.pt" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def run_tool(capsys, *args) -> tuple[int, str]:
+    rc = average_checkpoints.main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda c: c.pop("model"), "no model weights (no 'model' entry)"),
+        (lambda c: c.update(model=5), "its 'model' is 5, not a state dict of weights"),
+        (lambda c: c.update(model={k: v.tolist() for k, v in c["model"].items()}), "is a list, not a tensor"),
+        (lambda c: c.update(labels=["а", "а"]), "labels"),
+    ],
+)
+def test_odd_checkpoints_are_one_line_naming_the_input(tmp_path, capsys, damage, why):
+    good, odd = ckpt(0), ckpt(1)
+    damage(odd)
+    if why == "labels":  # the same odd labels in every input: the error must still name an input, not -o
+        damage(good)
+    checkpoint.save(tmp_path / "good.pt", good)
+    checkpoint.save(tmp_path / "odd.pt", odd)
+    out = tmp_path / "avg.pt"
+    rc, err = run_tool(capsys, tmp_path / "good.pt", tmp_path / "odd.pt", "-o", out)
+    named = tmp_path / ("good.pt" if why == "labels" else "odd.pt")
+    assert rc == 1 and err.startswith(f"error: {named}: ") and why in err and err.count("\n") == 1, err
+    assert "avg.pt" not in err and not out.exists()
+
+
+def test_output_that_is_an_input_or_a_folder_is_refused_before_loading(tmp_path, capsys):
+    for name, seed in (("a.pt", 0), ("b.pt", 1)):
+        checkpoint.save(tmp_path / name, ckpt(seed))
+    before = (tmp_path / "a.pt").read_bytes()
+    rc, err = run_tool(capsys, tmp_path / "a.pt", tmp_path / "b.pt", "-o", tmp_path / "a.pt")
+    assert rc == 1 and f"{tmp_path / 'a.pt'}: is the input" in err and err.count("\n") == 1
+    assert (tmp_path / "a.pt").read_bytes() == before
+    (tmp_path / "out").mkdir()
+    rc, err = run_tool(capsys, tmp_path / "a.pt", tmp_path / "b.pt", "-o", tmp_path / "out")
+    assert rc == 1 and err == f"error: {tmp_path / 'out'}: is a folder, not a file\n"
+
+
+def test_an_unreadable_checkpoint_error_gives_no_unsafe_advice(tmp_path, capsys):
+    # a pickle torch's safe loader refuses: torch's message advises weights_only=False, i.e. running its code
+    torch.save({"format": checkpoint.FORMAT, "path": tmp_path}, tmp_path / "pickled.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x02garbage" * 20)
+    for name, why in [("pickled.pt", "Unsupported global"), ("garbage.pt", "UnpicklingError")]:
+        with pytest.raises(checkpoint.CheckpointError) as e:
+            checkpoint.load(tmp_path / name)
+        msg = str(e.value)
+        assert msg.startswith(f"{tmp_path / name}: not a readable checkpoint") and why in msg, msg
+        assert "\n" not in msg and "weights_only" not in msg and "safe_globals" not in msg and "trust" not in msg
+    rc, err = run_tool(capsys, tmp_path / "pickled.pt", "-o", tmp_path / "avg.pt")
+    assert rc == 1 and err.count("\n") == 1 and "weights_only" not in err

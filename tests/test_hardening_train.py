@@ -290,8 +290,16 @@ def test_audio_that_breaks_after_validation_stops_in_one_line(tmp_path, workers)
     with pytest.raises(TrainError) as e:
         trainer.fit()
     msg = one_line(str(e.value))
-    assert msg.startswith(str(clips)) and "resume from" in msg and e.value.code == 1
+    assert msg.startswith(str(clips)) and e.value.code == 1
+    # it died at step 0, before any save: there is no last.pt to resume from, so the hint must not name one
+    assert not (trainer.out / "last.pt").exists()
+    assert "resume from" not in msg and "no checkpoint saved yet" in msg
     assert not multiprocessing.active_children()  # a worker left behind would block the interpreter's exit
+    trainer.save("last.pt")  # once a checkpoint exists, the hint points at it
+    with pytest.raises(TrainError) as e:
+        trainer.fit()
+    assert one_line(str(e.value)).endswith(f"resume from {trainer.out / 'last.pt'} once it is fixed")
+    assert not multiprocessing.active_children()
 
 
 def test_out_of_bounds_settings_are_one_line_exit_2(tmp_path):

@@ -5,16 +5,18 @@ binary), so nothing needs KenLM's build tools or ../shared."""
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 from conftest import DATA, ROOT
 
 import transcribe
+from proslushka import lm as lm_tool
 from proslushka.decode import BeamDecoder, DecoderError, arpa_words, load_settings, parse_hotwords
 from proslushka.formats import as_dict
 from proslushka.infer import Transcriber, ctc_words
-from proslushka.lm import KENLM_DIR, clean_lines, excluded
+from proslushka.lm import KENLM_DIR, LMError, clean_lines, excluded
 from proslushka.lm import build as lm_build
 from proslushka.text import LABELS
 
@@ -221,6 +223,126 @@ def test_bad_lm_input_is_one_line_exit_2_and_nothing_written(capsys, tmp_path, a
         assert not out.exists()
     rc, _, err = run(capsys, PORTRET, "--lm", arpa, "--hotwords", "rock:3", "-o", tmp_path / "out.txt")
     assert rc == 2 and "--hotwords" in err and "outside the alphabet" in err and err.count("\n") == 1
-    rc, _, err = run(capsys, PORTRET, "--lm", arpa, "--beam_width", "0", "-o", tmp_path / "out.txt")
-    assert rc == 2 and "beam_width" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:  # a flag no beam can take is the parser's error, before any work
+        run(capsys, PORTRET, "--lm", arpa, "--beam_width", "0", "-o", tmp_path / "out.txt")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--beam_width: must be an integer of at least 1" in err.splitlines()[-1]
     assert not (tmp_path / "out.txt").exists()
+
+
+# proslushka.lm's command line with hostile input: fake KenLM tools (Python scripts), so no build of KenLM is needed
+
+
+def fake_kenlm(folder, build_binary_fails=False):
+    """A folder with an lmplz that writes TINY_ARPA whatever its text, and a build_binary that copies the ARPA to its
+    output, or (build_binary_fails) writes 160 bytes there and exits 1, as KenLM does on a bad model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.arpa").write_text(TINY_ARPA, encoding="utf-8")
+    lmplz = (
+        f"import shutil, sys\nshutil.copyfile({str(folder / 'model.arpa')!r}, sys.argv[sys.argv.index('--arpa') + 1])\n"
+    )
+    if build_binary_fails:
+        binary = "import sys\nopen(sys.argv[-1], 'wb').write(bytes(160))\nsys.exit('MissingSentenceMarker in ARPA')\n"
+    else:
+        binary = "import shutil, sys\nshutil.copyfile(sys.argv[-2], sys.argv[-1])\n"
+    for name, code in (("lmplz", lmplz), ("build_binary", binary)):
+        (folder / name).write_text(f"#!{sys.executable}\n{code}")
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def lm_cli(capsys, *args):
+    rc = lm_tool.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def lm_files(out):
+    return {p.name: p.read_bytes() for p in (out, out.with_suffix(".words"), out.with_suffix(".json"))}
+
+
+def test_a_failed_build_leaves_the_old_lm_as_it_was(tmp_path, capsys):
+    good, bad = fake_kenlm(tmp_path / "kenlm"), fake_kenlm(tmp_path / "broken", build_binary_fails=True)
+    (tmp_path / "ok.txt").write_text("На стене висел венок.\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin.txt").write_text("hello world\n12 345\n")
+    lm = tmp_path / "lm" / "ok.bin"
+    rc, _, err = lm_cli(capsys, "build", tmp_path / "ok.txt", "-o", lm, "--kenlm_dir", good)
+    assert rc == 0, err
+    before = lm_files(lm)
+    assert before["ok.bin"] == TINY_ARPA.encode() and b"alpha" in before["ok.json"]
+    for text, tools, why in [
+        ("empty.txt", good, f"{tmp_path / 'empty.txt'}: no usable lines (0 lines"),
+        ("latin.txt", good, f"{tmp_path / 'latin.txt'}: no usable lines (2 lines, none wholly in the alphabet"),
+        ("ok.txt", bad, "build_binary failed: MissingSentenceMarker in ARPA"),
+    ]:
+        rc, out, err = lm_cli(capsys, "build", tmp_path / text, "-o", lm, "--kenlm_dir", tools)
+        # refused inputs: the error alone; a KenLM failure: after the count of lines kept
+        assert rc == 1 and out == "" and err.startswith(f"error: {why}" if tools == good else ""), err
+        assert err.splitlines()[-1].startswith(f"error: {why}") and err.count("error") == 1, err
+        assert lm_files(lm) == before, text  # not the 160 bytes a failed build_binary leaves
+        assert sorted(p.name for p in lm.parent.iterdir()) == ["ok.bin", "ok.json", "ok.words"]  # no temp left
+
+
+def test_build_refuses_bad_input_in_one_line_naming_it(tmp_path, capsys):
+    kenlm = fake_kenlm(tmp_path / "kenlm")
+    text = tmp_path / "ok.txt"
+    text.write_text("На стене висел венок.\n")
+    (tmp_path / "no_text.csv").write_text("audio_filepath,duration\na.wav,1.0\n")
+    out = tmp_path / "x.bin"
+    cases = [  # (arguments, exit code, the start of the error)
+        ([tmp_path / "missing.txt"], 1, f"{tmp_path / 'missing.txt'}: cannot read (No such file or directory)"),
+        ([tmp_path], 1, f"{tmp_path}: is a folder, not a text file"),
+        ([text, "--exclude", tmp_path / "gone.jsonl"], 1, f"{tmp_path / 'gone.jsonl'}: cannot read the manifest"),
+        ([text, "--exclude", tmp_path / "no_text.csv"], 1, f"{tmp_path / 'no_text.csv'}:1: header lacks column text"),
+        ([text, "--exclude", text], 1, f"{text}: no rows with a text to exclude"),
+    ]
+    for args, code, why in cases:
+        rc, _, err = lm_cli(capsys, "build", *args, "-o", out, "--kenlm_dir", kenlm)
+        assert rc == code and err.startswith(f"error: {why}") and err.count("\n") == 1, (args, err)
+        assert not out.exists()
+    before = text.read_bytes()
+    for output, why in [(text, "is the input"), (tmp_path / "x.json", "must not end in .words or .json")]:
+        rc, _, err = lm_cli(capsys, "build", text, "-o", output, "--kenlm_dir", kenlm)
+        assert rc == 2 and why in err and err.count("\n") == 1, err
+    assert text.read_bytes() == before and not (tmp_path / "x.json").exists()
+    # the text as NAME.json of the LM: writing the LM's settings would destroy it
+    (tmp_path / "corpus.json").write_text("На стене висел венок.\n")
+    rc, _, err = lm_cli(capsys, "build", tmp_path / "corpus.json", "-o", tmp_path / "corpus.bin", "--kenlm_dir", kenlm)
+    assert rc == 2 and "is the input" in err and not (tmp_path / "corpus.bin").exists()
+    with pytest.raises(LMError, match="no usable lines"):  # the library function too
+        lm_build([str(tmp_path / "no_text.csv")], out, kenlm_dir=str(kenlm))
+
+
+def test_tune_needs_only_audio_and_text_columns(tmp_path, capsys):
+    lm = tmp_path / "my.arpa"
+    lm.write_text(TINY_ARPA, encoding="utf-8")
+    manifest = tmp_path / "valid.csv"  # no duration column: tuning does not use it
+    manifest.write_text(f"audio_filepath,text\n{PORTRET},на угле портрета висел венок из запыленных иммортелей\n")
+    args = ["tune", "--manifest", manifest, "--lm", lm, "--alpha", "0.5", "--beta", "1", "--beam_width", "8"]
+    rc, out, err = lm_cli(capsys, *args, "--threads", "1")
+    assert rc == 0, err
+    assert load_settings(lm)["tuned_on"]["manifest"] == str(manifest) and "best: beam 8" in out
+
+
+def test_tune_refuses_bad_manifests_and_leaves_the_settings(tmp_path, capsys):
+    lm = tmp_path / "my.arpa"
+    lm.write_text(TINY_ARPA, encoding="utf-8")
+    settings = tmp_path / "my.json"
+    settings.write_text(json.dumps({"alpha": 0.7, "beta": 1.5}))
+    (tmp_path / "no_text.jsonl").write_text(json.dumps({"audio_filepath": str(PORTRET)}) + "\n")
+    (tmp_path / "gone.jsonl").write_text(
+        json.dumps({"audio_filepath": str(PORTRET), "text": "на угле"}) + "\n"
+        + json.dumps({"audio_filepath": "missing.opus", "text": "венок"}) + "\n"
+    )  # fmt: skip
+    cases = [
+        ("no_text.jsonl", "no references to tune on"),
+        ("gone.jsonl", f"{tmp_path / 'gone.jsonl'}:2: {tmp_path / 'missing.opus'}"),
+        ("absent.jsonl", f"{tmp_path / 'absent.jsonl'}: cannot read the manifest"),
+    ]
+    for name, why in cases:
+        rc, out, err = lm_cli(capsys, "tune", "--manifest", tmp_path / name, "--lm", lm, "--alpha", "1", "--beta",
+                              "0", "--beam_width", "4", "--threads", "1")  # fmt: skip
+        last = err.strip().splitlines()[-1]  # after "log-probs of N utterances ..." when the audio fails
+        assert rc == 1 and last.startswith("error: ") and why in last and err.count("error") == 1, (name, err)
+        assert json.loads(settings.read_text()) == {"alpha": 0.7, "beta": 1.5}, name  # not alpha 1.0, wer 0.0

@@ -155,3 +155,24 @@ def test_transfer_options_se_labels_normalize(tmp_path):
     nm = load_nemo(NEMO / "quartznet_tiny" / "model.nemo")
     assert torch.equal(model.blocks[1].subs[0].dw.weight, nm.state_dict["blocks.1.subs.0.dw.weight"])
     assert model.blocks[1].se is not None
+
+
+def test_a_yaml_error_is_one_short_line_with_its_position(tmp_path):
+    cfg = _members()["./model_config.yaml"]
+    broken = cfg.replace(b"\n", b"\nbad: [1, 2\n", 1)  # an unclosed list on line 2
+    path = _write_tar(tmp_path / "m.nemo", dict(_members(), **{"./model_config.yaml": broken}))
+    with pytest.raises(NemoError) as e:
+        load_nemo(path)
+    # PyYAML's own text: "while parsing a flow sequence\n  in "<unicode string>", line 2, ...\n    bad: [1, 2\n ^"
+    assert str(e.value).startswith(f"{path}: model_config.yaml is not valid YAML (line 3, column ")
+    assert "<unicode string>" not in str(e.value) and "^" not in str(e.value) and len(str(e.value)) < 300
+    r = _run_transfer(path, "-o", tmp_path / "m.pt")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "expected ',' or ']'" in r.stderr
+
+
+def test_transfer_refuses_to_write_over_its_input(tmp_path):
+    nemo = tmp_path / "v.nemo"
+    nemo.write_bytes((NEMO / "quartznet_tiny" / "model.nemo").read_bytes())
+    r = _run_transfer(nemo, "-o", nemo)
+    assert r.returncode == 2 and r.stderr == f"error: {nemo}: is the input {nemo}; writing there would destroy it\n"
+    assert nemo.read_bytes() == (NEMO / "quartznet_tiny" / "model.nemo").read_bytes()

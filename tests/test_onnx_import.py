@@ -111,3 +111,26 @@ def test_tool_writes_a_checkpoint_that_loads(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.onnx" in err[0]
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_tool_refuses_bad_clips_and_outputs_before_any_work(tmp_path, capsys):
+    onnx_export.save(onnx_export.to_onnx(trained_looking(), FeatureConfig(), list(LABELS)), tmp_path / "m.onnx")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    for clips in ("0", "-2"):  # 0 divided by zero when spreading the clips over the manifest
+        with pytest.raises(SystemExit) as e:
+            onnx_to_checkpoint.main([str(tmp_path / "m.onnx"), "-o", str(tmp_path / "x.pt"), "--clips", clips,
+                                     "--calibrate", str(manifest)])  # fmt: skip
+        assert e.value.code == 2 and "--clips must be in [1, 10000]" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    before = (tmp_path / "m.onnx").read_bytes()
+    for out, why in [
+        (tmp_path / "folder", f"{tmp_path / 'folder'}: is a folder, not a file"),
+        (tmp_path / "m.onnx", f"{tmp_path / 'm.onnx'}: is the input"),
+        (manifest, f"{manifest}: is the input"),
+    ]:
+        args = [str(tmp_path / "m.onnx"), "-o", str(out), "--calibrate", str(manifest)]
+        assert onnx_to_checkpoint.main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {why}") and err.count("\n") == 1, err
+    assert (tmp_path / "m.onnx").read_bytes() == before and manifest.read_text() == ""

@@ -1,8 +1,10 @@
 import json
+import shutil
 
 import onnx
 import pytest
 from conftest import AUDIO, CLIPS, NEMO
+from onnx import TensorProto, helper
 
 import export
 from proslushka import checkpoint
@@ -60,3 +62,48 @@ def test_quantize_usage_errors(tmp_path, capsys):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     assert export.main(["--onnx", str(tmp_path / "junk.onnx"), "--quantize", "int8"]) == 2
     assert "junk.onnx: not a readable ONNX model" in capsys.readouterr().err
+
+
+def _identity_onnx(path, producer=None):
+    """A valid ONNX model that is not one of ours: y = x, with our metadata's producer if given."""
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    if producer:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "producer", producer
+    onnx.save(model, path)
+    return path
+
+
+def test_foreign_onnx_is_refused_before_quantizing(tmp_path, capsys):
+    (tmp_path / "empty.onnx").write_bytes(b"")  # parses as an empty ModelProto
+    cases = {
+        tmp_path / "empty.onnx": "no proslushka metadata",
+        _identity_onnx(tmp_path / "identity.onnx"): "no proslushka metadata",
+        _identity_onnx(tmp_path / "named.onnx", "proslushka"): "inputs ['x'] and outputs ['y'], not ['audio_signal'",
+    }
+    for path, why in cases.items():
+        out = tmp_path / "q.onnx"
+        assert export.main(["--onnx", str(path), "--quantize", "int8", "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path}: not an ONNX model written by export.py ({why}") and err.count("\n") == 1
+        assert not out.exists()
+
+
+def test_output_equal_to_the_input_is_refused_before_any_work(ckpt, tmp_path, capsys):
+    pt = shutil.copy(ckpt, tmp_path / "v.pt")
+    before = (tmp_path / "v.pt").read_bytes()
+    assert export.main(["--checkpoint", str(pt), "-o", str(pt)]) == 2
+    assert "v.pt: is the input" in capsys.readouterr().err
+    assert (tmp_path / "v.pt").read_bytes() == before  # still the checkpoint, not an ONNX file
+    assert export.main(["--checkpoint", str(pt), "-o", str(tmp_path / "v.onnx")]) == 0
+    onnx_bytes = (tmp_path / "v.onnx").read_bytes()
+    capsys.readouterr()
+    # -o through another name of the same file (a relative path here would do too)
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "v.onnx")
+    assert (
+        export.main(["--onnx", str(tmp_path / "v.onnx"), "--quantize", "int8", "-o", str(tmp_path / "link.onnx")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "link.onnx: is the input" in err and err.count("\n") == 1
+    assert (tmp_path / "v.onnx").read_bytes() == onnx_bytes

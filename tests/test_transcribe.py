@@ -144,3 +144,77 @@ def test_manifest_with_report(capsys, energy, folder, tmp_path):
     assert (tmp_path / "o" / "sub" / "two.txt").read_text() == "а а\n" and (tmp_path / "o" / "one.txt").exists()
     lines = report.read_text().splitlines()
     assert len(lines) == 3 and lines[1].startswith("0.5000\t0.6667\t1\t2\t2\t3\t") and lines[1].endswith("\tа б\tа")
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--max_chunk_seconds", "nan"), ("--max_chunk_seconds", "inf"), ("--max_chunk_seconds", "0.5"),
+     ("--lm_alpha", "nan"), ("--lm_beta", "-inf"), ("--max_words_per_line", "0"), ("--max_words_per_line", "-3"),
+     ("--batch_size", "0"), ("--beam_width", "1.5")],
+)  # fmt: skip
+def test_numbers_no_setting_can_take_are_parser_errors(capsys, energy, folder, flag, value):
+    with pytest.raises(SystemExit) as e:
+        transcribe.main([str(folder / "one.wav"), "--model", str(energy), f"{flag}={value}"])  # = : "-inf" too
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: argument {flag}: must be " in err and f"not '{value}'" in err
+
+
+def test_hotword_weights_are_bounded(capsys, energy, folder):
+    rc, _, err = run(capsys, folder / "one.wav", "--model", energy, "--hotwords", "а:1e308")
+    assert rc == 2 and err.strip() == "error: --hotwords: 'а': the weight must be at most 100, not 1e+308"
+
+
+def test_nothing_to_score_is_said_not_scored_as_zero(capsys, energy, folder, tmp_path):
+    report = tmp_path / "r.tsv"
+    (tmp_path / "none.jsonl").write_text(json.dumps({"audio_filepath": str(folder / "one.wav")}) + "\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    for name in ("none.jsonl", "empty.jsonl"):  # refused before any work: the transcripts would go nowhere
+        rc, _, err = run(capsys, "--manifest", tmp_path / name, "--model", energy, "--report", report)
+        assert rc == 1 and err.strip() == f"error: {tmp_path / name}: no row has a text to score against"
+    assert not report.exists()
+    (tmp_path / "blank.jsonl").write_text(json.dumps({"audio_filepath": str(folder / "one.wav"), "text": ""}) + "\n")
+    rc, _, err = run(capsys, "--manifest", tmp_path / "blank.jsonl", "--model", energy, "--report", report)
+    assert rc == 1 and "inf" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == "error: no reference words to score against: every transcribed row has an empty text"
+    )
+    assert report.read_text().splitlines()[1].startswith("1.0000\t1.0000\t1\t0\t1\t0\t")  # "а" heard in silence
+
+
+def test_an_empty_reference_counts_its_insertions_not_inf():
+    summary, table = transcribe.report([("a.wav", "", "а б"), ("b.wav", "да нет", "да")])
+    assert summary == f"WER {100 * 3 / 2:.2f}%  CER {100 * 7 / 6:.2f}%  on 2 utterances"  # pooled: 3 of 2 words
+    assert [r.split("\t")[:6] for r in table.splitlines()[1:]] == [
+        ["2.0000", "3.0000", "2", "0", "3", "0"],  # an empty reference: its edits, not inf
+        ["0.5000", "0.6667", "1", "2", "4", "6"],
+    ]
+    assert transcribe.report([("a.wav", "", "")])[0] is None  # no reference words: no rate at all
+
+
+def test_a_clip_shorter_than_one_frame_gives_no_warnings(capsys, tmp_path):
+    import warnings
+
+    from test_hostile_inference import _with_metadata
+
+    model = _with_metadata(tmp_path, "normalized", feature_config={"normalize": "per_feature"})
+    write_wav(tmp_path / "one_sample.wav", np.array([0.5], np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" on a clip with no valid frame
+        rc, out, _ = run(capsys, tmp_path / "one_sample.wav", "--model", model, "--keep_silence", "--lm", "none")
+    assert rc == 0 and out == "\n"
+
+
+def test_names_that_are_not_utf8_are_transcribed_and_printed(capsys, energy, tmp_path):
+    import os
+
+    good, bad = (tmp_path / os.fsdecode(name) for name in (b"good\xff.wav", b"bad\xfe.wav"))
+    write_wav(tmp_path / "x.wav", bursts([(0.2, 0.6)], 1.0)).rename(good)  # soundfile cannot write that name
+    bad.write_bytes(b"not audio")
+    rc, out, err = run(capsys, tmp_path, "--model", energy, "--format", "json")
+    assert rc == 1 and [json.loads(line)["audio_filepath"] for line in out.splitlines()] == [str(good)]
+    assert f"{tmp_path}/bad\\udcfe.wav: not readable audio" in err  # the byte shown, not a crash
+    report = tmp_path / "r.tsv"
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": str(good), "text": "а"}) + "\n")
+    rc, _, _ = run(capsys, "--manifest", tmp_path / "m.jsonl", "--model", energy, "--report", report)
+    assert rc == 0 and f"\t{tmp_path}/good\\udcff.wav\t" in report.read_text()

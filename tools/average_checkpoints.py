@@ -23,13 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from proslushka import checkpoint
+    from proslushka.files import check_not_input, check_writable
 
     try:
+        check_not_input(args.output, args.checkpoints)  # before loading: -o a.pt a.pt b.pt would replace an input
+        check_writable(args.output)
         ckpts = [checkpoint.load(path) for path in args.checkpoints]
+        for ckpt, path in zip(ckpts, args.checkpoints, strict=True):
+            # each builds, so an error names the input at fault; the mean of models that build builds too
+            checkpoint.unpack(ckpt, path)
         averaged = checkpoint.average(ckpts, args.checkpoints)
-        checkpoint.unpack(averaged, args.output)  # builds: the file written is one export.py and --init take
         checkpoint.save(args.output, averaged)
-    except checkpoint.CheckpointError as e:
+    except ValueError as e:  # CheckpointError, and check_not_input's refusal
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -27,11 +27,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibrate", metavar="MANIFEST", help="measure BatchNorm statistics on this manifest's clips")
     p.add_argument("--clips", type=int, default=64, help="clips to calibrate on (default: %(default)s)")
     args = p.parse_args(argv)
+    if not 1 <= args.clips <= 10_000:
+        p.error("--clips must be in [1, 10000]")
 
     from proslushka import checkpoint
     from proslushka.audio import AudioError
+    from proslushka.files import check_not_input, check_writable
     from proslushka.onnx_import import OnnxImportError, calibrate_batchnorm, from_onnx, manifest_clips
 
+    try:  # before the import and the calibration, which take a while on a big model
+        check_not_input(args.output, [args.onnx, *([args.calibrate] if args.calibrate else [])])
+        check_writable(args.output)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
+        return 1
     try:
         model, feature_config, labels = from_onnx(args.onnx)
     except (OSError, OnnxImportError, ValueError) as e:
@@ -46,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"BatchNorm statistics from {n} clips of {args.calibrate}")
     try:
         checkpoint.save(args.output, checkpoint.make(model, feature_config, labels, source=str(args.onnx)))
-    except OSError as e:
-        print(f"error: {args.output}: {e}", file=sys.stderr)
+    except OSError as e:  # the disk filled up meanwhile: atomic, so nothing half-written
+        print(f"error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"wrote {args.output}")
     return 0

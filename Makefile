@@ -16,8 +16,8 @@ train_into = --out_dir $(1) $(if $(wildcard $(1)/last.pt),--resume $(1)/last.pt)
 
 .PHONY: demo demo-stage1 demo-stage2 demo-stage3 demo-stage4 demo-stage5 demo-stage6 demo-stage6b demo-stage7 demo-eval demo-eval-sets demo-medium demo-grown golos-eval test
 
-demo: demo-stage6b
-	$(PYTHON) export.py --checkpoint $(RUN)/stage6b/last.pt --quantize int8 -o models/demo.onnx
+demo: demo-stage7
+	$(PYTHON) export.py --checkpoint $(RUN)/stage7/last.pt --quantize int8 -o models/demo.onnx
 
 $(DATA)/train/manifest.jsonl:
 	$(PYTHON) $(RU_SYNTH)/render.py --out $(DATA)
@@ -73,9 +73,9 @@ demo-stage6b: demo-stage6
 	$(TRAIN) $(DATA)/more/manifest.jsonl --init $(RUN)/stage6/last.pt --max_steps 3400 --lr 2e-4 --warmup_steps 100 \
 		--weight_decay 1e-2 $(AUGMENT_BASE) $(NOISIER) --seed 5 --save_every 200 $(call train_into,$(RUN)/stage6b)
 
-# In progress, not yet shipped: more sentences. 25,000 further clips of lm.txt sentences that no clip reads yet, with
+# stage 7 (demo model v2.2): more sentences. 25,000 further clips of lm.txt sentences that no clip reads yet, with
 # the `more` split's voices (tools/render_extra.py; ~25 min on 2 cores), then stage 7 from stage 6b on train + more +
-# extra (55,000 clips), 2 epochs of 2371 steps (docs/runs/README.md, demo-stage7)
+# extra (55,000 clips), 2 epochs of 2371 steps: valid CER 6.47% (fp32) (docs/runs/README.md, demo-stage7)
 $(DATA)/extra/manifest.jsonl: $(DATA)/train/manifest.jsonl
 	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000
 demo-stage7: demo-stage6b $(DATA)/extra/manifest.jsonl

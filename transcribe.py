@@ -24,7 +24,6 @@ AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".mkv", ".wma",
     ".aif", ".aiff", ".amr", ".3gp", ".caf", ".wv", ".ape", ".au", ".ac3",
 }  # fmt: skip
-MAX_HOTWORD_WEIGHT = 100.0  # a log-prob bonus per word: 10 is the default, 1e308 would only turn scores into inf
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a Unix tool whose reader went away (`| head`) exits with
 
 
@@ -252,14 +251,9 @@ def stdout_failed(e: OSError) -> int:
 def setup_decoder(tr, args: argparse.Namespace) -> None:
     """Beam search with the chosen LM (or none), the settings given on the command line and the hotwords;
     greedy for --lm none without hotwords. Raises DecoderError for an LM, settings or hotwords that cannot be used."""
-    from proslushka.decode import DecoderError, load_settings, parse_hotwords
+    from proslushka.decode import load_settings, parse_hotwords
 
     hotwords = parse_hotwords(args.hotwords, tr.labels) if args.hotwords else None
-    for word, weight in (hotwords or {}).items():  # parse_hotwords bounds them below only
-        if weight > MAX_HOTWORD_WEIGHT:
-            raise DecoderError(
-                f"--hotwords: {word!r}: the weight must be at most {MAX_HOTWORD_WEIGHT:g}, not {weight:g}"
-            )
     given = {"alpha": args.lm_alpha, "beta": args.lm_beta, "beam_width": args.beam_width}
     given = {k: v for k, v in given.items() if v is not None}
     lm = args.lm

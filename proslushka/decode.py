@@ -30,6 +30,7 @@ SETTINGS: dict[str, tuple[float, float, float]] = {
 }
 DEFAULTS = {k: v[0] for k, v in SETTINGS.items()}
 HOTWORD_WEIGHT = 10.0  # a hotword without a weight ("имя" rather than "имя:5")
+MAX_HOTWORD_WEIGHT = 100.0  # a log-prob bonus per completed word
 BEAM_THRESHOLD = 25.0  # hypotheses further than this below the best are dropped (flashlight's usual value)
 
 
@@ -90,8 +91,8 @@ def parse_hotwords(spec: str, labels: Sequence[str]) -> dict[str, float]:
             value = float(weight) if weight.strip() else HOTWORD_WEIGHT
         except ValueError:
             raise DecoderError(f"--hotwords: {item.strip()!r}: the weight must be a number") from None
-        if not math.isfinite(value) or value < 0:
-            raise DecoderError(f"--hotwords: {item.strip()!r}: the weight must be a number ≥ 0")
+        if not 0 <= value <= MAX_HOTWORD_WEIGHT:  # NaN fails too; a huge bonus only turns the scores into inf
+            raise DecoderError(f"--hotwords: {item.strip()!r}: the weight must be from 0 to {MAX_HOTWORD_WEIGHT:g}")
         words[text] = value
     return words
 

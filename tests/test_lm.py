@@ -117,7 +117,13 @@ def test_word_frames_follow_the_letters(arpa):
 
 @pytest.mark.parametrize(
     "spec, why",
-    [("hello:5", "outside the alphabet"), ("кварц:x", "must be a number"), ("кварц:-1", "≥ 0"), (":3", "empty")],
+    [
+        ("hello:5", "outside the alphabet"),
+        ("кварц:x", "must be a number"),
+        ("кварц:-1", "from 0 to 100"),
+        ("кварц:101", "from 0 to 100"),
+        (":3", "empty"),
+    ],
 )
 def test_bad_hotwords(spec, why):
     with pytest.raises(DecoderError, match=why):

@@ -53,15 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from proslushka import checkpoint
-    from proslushka.fetch import FetchError, fetch
+    from proslushka.fetch import FetchError, cache_dir, fetch
     from proslushka.files import check_not_input, check_writable
     from proslushka.golos import MODEL
     from proslushka.model import QuartzNet, count_parameters
     from proslushka.nemo import NemoError, load_nemo
 
-    source = Path(MODEL.name if args.nemo == "golos" else args.nemo)
+    download = Path(args.cache_dir) if args.cache_dir else cache_dir()
+    source = download / MODEL.name if args.nemo == "golos" else Path(args.nemo)
     out = Path(args.output) if args.output else Path("models") / (source.stem.lower() + ".pt")
-    try:  # transfer.py v.nemo -o v.nemo would replace the .nemo with a checkpoint
+    try:  # transfer.py v.nemo -o v.nemo would replace the .nemo with a checkpoint; golos -o its cached download too
         check_not_input(out, [source])
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(out)
         if args.nemo == "golos":
             print(f"fetching {MODEL.name} ({MODEL.size}, MD5 {MODEL.md5})", file=sys.stderr)
-            source = fetch(MODEL, Path(args.cache_dir) if args.cache_dir else None, args.url)
+            source = fetch(MODEL, download, args.url)
         nm = load_nemo(source)
     except FetchError as e:  # exit 1: the input could not be had; 2: a bad .nemo or output path
         print(f"error: {e}", file=sys.stderr)

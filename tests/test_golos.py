@@ -142,6 +142,10 @@ def test_transfer_golos_downloads_then_transfers(tmp_path, server, monkeypatch, 
     assert transfer.main(["golos", "--url", url, "--cache_dir", str(tmp_path / "c"), "-o", str(tmp_path / "g.pt")]) == 0
     assert "wrote" in capsys.readouterr().out and (tmp_path / "g.pt").is_file()
     assert (tmp_path / "c" / "QuartzNet15x5_golos.nemo").read_bytes() == data
+    # -o onto the cached download would replace the archive with a checkpoint: refused before anything is read
+    cached = tmp_path / "c" / "QuartzNet15x5_golos.nemo"
+    assert transfer.main(["golos", "--url", url, "--cache_dir", str(tmp_path / "c"), "-o", str(cached)]) == 2
+    assert "is the input" in capsys.readouterr().err and cached.read_bytes() == data
 
 
 def _wav(seconds, seed):

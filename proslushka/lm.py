@@ -79,6 +79,11 @@ def _rows(path: str | os.PathLike, fields: Sequence[str]) -> Iterator[tuple[int,
         raise LMError(str(e)) from None
 
 
+def manifest_rows(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """(audio path, normalized text) of every manifest row that has both (bench/decode.py scores with these)."""
+    return [(audio, text) for _, audio, text in _numbered_rows(path)]
+
+
 def _numbered_rows(path: str | os.PathLike) -> list[tuple[int, Path, str]]:
     """(line, audio path, normalized text) of every manifest row that has both; relative paths resolve against its
     folder."""

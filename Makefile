@@ -95,7 +95,7 @@ demo-stage8: demo-stage7 $(DATA)/extra2/manifest.jsonl
 		--init $(RUN)/stage7/last.pt --max_epochs 2 --max_steps 4000 --lr 3e-4 --warmup_steps 100 --weight_decay 1e-2 \
 		$(AUGMENT_BASE) $(NOISIER) --seed 7 --save_every 200 $(call train_into,$(RUN)/stage8)
 
-# Next, not yet trained: a third such split (docs/runs, "Next" under demo-stage8), for a stage 9 from stage 8
+# Next: a third such split (rendered, 23.0 h; docs/runs, "Next" under demo-stage8) for a stage 9 from stage 8
 $(DATA)/extra3/manifest.jsonl: $(DATA)/extra2/manifest.jsonl
 	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000 --split extra3 --seed 2 \
 		--exclude $(DATA)/extra/plan.jsonl $(DATA)/extra2/plan.jsonl

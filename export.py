@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 def export(args: argparse.Namespace) -> None:
     from proslushka import checkpoint, onnx_export
     from proslushka.files import atomic_write, check_not_input, check_writable
+    from proslushka.manifest import one_line
 
     source = Path(args.onnx or args.checkpoint)
     suffix = ".int8.onnx" if args.quantize else ".onnx"
@@ -89,8 +90,7 @@ def export(args: argparse.Namespace) -> None:
         except Exception as e:  # onnxruntime's many types; a given ONNX passed the checks but may still be odd
             if not args.onnx:
                 raise
-            reason = " ".join(str(e).split())[:200] or type(e).__name__
-            raise ExportError(f"{args.onnx}: cannot be quantized ({reason})", 2) from None
+            raise ExportError(f"{args.onnx}: cannot be quantized ({one_line(e)})", 2) from None
         kind = f"static, calibrated on {len(calibration)} clips" if calibration else "dynamic"
         print(
             f"int8 ({kind}): {int8.ByteSize() / 1e6:.1f} MB, fp32 {proto.ByteSize() / 1e6:.1f} MB; "
@@ -114,12 +114,12 @@ def read_onnx(path: str) -> onnx.ModelProto:
     import onnx
 
     from proslushka import onnx_export
+    from proslushka.manifest import one_line
 
     try:
         proto = onnx.load(path)
     except Exception as e:  # onnx raises its own types for a missing or foreign file
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ExportError(f"{path}: not a readable ONNX model ({reason})", 2) from None
+        raise ExportError(f"{path}: not a readable ONNX model ({one_line(e)})", 2) from None
     if why := onnx_export.foreign(proto):
         raise ExportError(f"{path}: not an ONNX model written by export.py ({why})", 2)
     return proto

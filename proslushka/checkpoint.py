@@ -17,7 +17,7 @@ import torch
 
 from .features import FeatureConfig
 from .files import atomic_write
-from .manifest import short
+from .manifest import one_line, short
 from .model import ModelConfig, QuartzNet
 from .text import labels_problem
 
@@ -106,7 +106,7 @@ def unpack(ckpt: dict[str, Any], name: str = "checkpoint") -> tuple[QuartzNet, F
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
         if isinstance(e, CheckpointError):
             raise
-        reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}" if str(e) else type(e).__name__
+        reason = f"{type(e).__name__}: {one_line(e)}" if str(e) else type(e).__name__
         raise CheckpointError(f"{name}: not a usable model ({reason})") from None
     return model, feat_cfg, list(ckpt["labels"])
 

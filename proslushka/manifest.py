@@ -123,3 +123,10 @@ def short(value: object, n: int = 60) -> str:
     """repr(value), cut to n characters for an error message."""
     s = repr(value)
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def one_line(e: object, n: int = 200) -> str:
+    """An error's text (or any text) for a one-line message: whitespace runs, newlines too, as one space, cut to n
+    characters; an exception without text gives its type's name."""
+    text = " ".join(str(e).split())[:n]
+    return text or (type(e).__name__ if isinstance(e, BaseException) else "")

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from .features import FeatureConfig, mel_filterbank
+from .manifest import one_line
 from .model import BlockConfig, ModelConfig, QuartzNet
 from .text import labels_problem
 
@@ -138,9 +139,9 @@ def _yaml_problem(e: Exception) -> str:
     problem = getattr(e, "problem", None)
     mark = getattr(e, "problem_mark", None)
     if not problem:  # not a MarkedYAMLError: a decoding error, recursion
-        return " ".join(str(e).split())[:200] or type(e).__name__
+        return one_line(e)
     context = getattr(e, "context", None)  # "while scanning a quoted scalar": what the parser was in
-    problem = " ".join((f"{problem}, {context}" if context else problem).split())[:200]
+    problem = one_line(f"{problem}, {context}" if context else problem)
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 

@@ -18,6 +18,7 @@ import torch
 
 from .features import FeatureConfig
 from .files import atomic_write
+from .manifest import one_line
 from .model import QuartzNet
 
 OPSET = 17
@@ -87,11 +88,11 @@ def foreign(proto: onnx.ModelProto) -> str | None:
     try:
         read_metadata(meta)
     except (KeyError, ValueError, TypeError) as e:
-        return f"metadata: {' '.join(str(e).split())[:200]}"
+        return f"metadata: {one_line(e)}"
     try:
         onnx.checker.check_model(proto)
     except Exception as e:  # ValidationError, and what the checker's C++ side throws for a malformed graph
-        return f"invalid graph: {' '.join(str(e).split())[:200]}"
+        return f"invalid graph: {one_line(e)}"
     return None
 
 

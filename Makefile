@@ -84,9 +84,9 @@ demo-stage7: demo-stage6b $(DATA)/extra/manifest.jsonl
 		--lr 3e-4 --warmup_steps 100 --weight_decay 1e-2 $(AUGMENT_BASE) $(NOISIER) --seed 6 --save_every 200 \
 		$(call train_into,$(RUN)/stage7)
 
-# stage 8 (demo model v2.3, now a step on the way): 25,000 more sentences that neither the corpus nor `extra` reads (extra2, ~30 min to
-# render), then from stage 7 on all four training splits (80,000 clips, 3458 steps an epoch) for 4000 steps: valid
-# CER 6.13% (docs/runs/README.md, demo-stage8)
+# stage 8 (demo model v2.3, now a step on the way): 25,000 more sentences that neither the corpus nor `extra` reads
+# (extra2, ~30 min to render), then from stage 7 on all four training splits (80,000 clips, 3458 steps an epoch) for
+# 4000 steps: valid CER 6.13% (docs/runs/README.md, demo-stage8)
 $(DATA)/extra2/manifest.jsonl: $(DATA)/extra/manifest.jsonl
 	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000 --split extra2 --seed 1 \
 		--exclude $(DATA)/extra/plan.jsonl

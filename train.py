@@ -12,7 +12,7 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None):
-    from proslushka.trainer import TrainConfig
+    from proslushka.settings import TrainConfig
 
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,7 +136,8 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when done or stopped cleanly; 2 for bad settings, a bad checkpoint or --out_dir; 1 for bad data."""
     cfg = parse_args(argv)
-    from proslushka.trainer import TrainError, train
+    from proslushka.settings import TrainError
+    from proslushka.trainer import train
 
     try:
         train(cfg)

@@ -23,7 +23,8 @@ def measure(
 ) -> float:
     import torch
 
-    from proslushka.trainer import TrainConfig, Trainer
+    from proslushka.settings import TrainConfig
+    from proslushka.trainer import Trainer
 
     cfg = TrainConfig(
         train_manifest=manifest,

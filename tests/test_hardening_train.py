@@ -21,8 +21,10 @@ from proslushka import checkpoint, data, files
 from proslushka.data import ManifestError, read_manifest
 from proslushka.features import FeatureConfig
 from proslushka.model import QuartzNet, preset
+from proslushka.rundir import read_metrics
+from proslushka.settings import TrainError, lr_lambda
 from proslushka.text import LABELS
-from proslushka.trainer import Trainer, TrainError, lr_lambda, read_metrics, train
+from proslushka.trainer import Trainer, train
 
 UNWRITABLE = "/sys/kernel"  # sysfs: no file can be created there, not even by root (the tests may run as root)
 

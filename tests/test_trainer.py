@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from conftest import AUDIO, ROOT
 
 from proslushka import checkpoint
-from proslushka.trainer import TrainConfig, Trainer, TrainError, train
+from proslushka.settings import TrainConfig, TrainError
+from proslushka.trainer import Trainer, train
 
 TEXTS = {
     "utt1": "привет как дела",

@@ -3,6 +3,10 @@
   python train.py --train_manifest data/train/manifest.jsonl --valid_manifest data/valid/manifest.jsonl \\
       --batch_size 32 --max_epochs 15 --accumulate 64 [--init models/quartznet15x5_golos.pt] [--resume runs/x/last.pt]
   torchrun --nproc_per_node 8 train.py ...
+  python train.py --resume runs/x/last.pt          # continues a stopped run with its saved settings
+
+With --resume, the checkpoint's settings are the run's; options given beside it change what may change on a resume
+(the schedule, augmentation, logging; the data and batching at an epoch's end) and the others are refused.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ def parse_args(argv: list[str] | None = None):
     g = p.add_argument_group("data")
     g.add_argument(
         "--train_manifest",
-        required=True,
         nargs="+",
         help="JSONL (or CSV/TSV) with audio_filepath, text, "
         "duration; several are joined (each row's path relative to its own manifest)",
@@ -104,7 +107,9 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate (default: %(default)s)")
     g.add_argument("--min_lr", type=float, default=d.min_lr, help="end of the cosine decay (default: %(default)s)")
     g.add_argument("--weight_decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
-    g.add_argument("--warmup_steps", type=int, default=d.warmup_steps, help="linear warmup (default: %(default)s)")
+    g.add_argument(
+        "--warmup_steps", type=int, help="linear warmup, in optimizer steps (default: 5%% of the run's steps)"
+    )
     g.add_argument("--grad_clip", type=float, default=d.grad_clip, help="max gradient norm (default: %(default)s)")
     g.add_argument("--freeze_bn", action="store_true", help="keep BatchNorm statistics fixed")
     g.add_argument("--dither", type=float, default=d.dither, help="feature dither in training (default: %(default)s)")
@@ -130,16 +135,31 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument(
         "--overwrite", action="store_true", help="replace the previous run in --out_dir (else refused without --resume)"
     )
-    return TrainConfig(**vars(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    if args.resume:
+        from proslushka.settings import resumed_config
+
+        return resumed_config(args.resume, given(p, argv))
+    if not args.train_manifest:
+        p.error("--train_manifest is required (or --resume a run's last.pt)")
+    return TrainConfig(**vars(args))
+
+
+def given(p: argparse.ArgumentParser, argv: list[str] | None) -> dict:
+    """The options named on the command line, with their values; the defaults left out."""
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return vars(p.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when done or stopped cleanly; 2 for bad settings, a bad checkpoint or --out_dir; 1 for bad data."""
-    cfg = parse_args(argv)
     from proslushka.settings import TrainError
-    from proslushka.trainer import train
 
     try:
+        cfg = parse_args(argv)
+        from proslushka.trainer import train
+
         train(cfg)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)

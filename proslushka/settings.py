@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,7 +56,7 @@ class TrainConfig:
     min_lr: float = 1e-5
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.98)
-    warmup_steps: int = 200
+    warmup_steps: int | None = None  # None: WARMUP_SHARE of the run's optimizer steps
     grad_clip: float = 1.0
     freeze_bn: bool = False  # BatchNorm statistics stay fixed (eval mode): fine-tuning with small batches
     dither: float = 1e-5  # feature dither in training (NeMo's); 0 makes a CPU run bit-reproducible across batchings
@@ -96,6 +97,27 @@ class TrainError(RuntimeError):
 RESUME_FIXED = ("model", "se", "init", "normalize", "labels", "amp")
 
 
+# Settings of one invocation only, never taken from the checkpoint of the run being resumed.
+NOT_RESUMED = ("resume", "overwrite", "stop_at_step")
+
+
+def resumed_config(resume: str, given: dict[str, Any]) -> TrainConfig:
+    """The settings a stopped run continues with: those saved in its checkpoint, then the options given now (which
+    Trainer checks against RESUME_FIXED). The run goes on in the checkpoint's folder unless --out_dir says else."""
+    from . import checkpoint
+
+    try:
+        ckpt = checkpoint.load(resume)
+    except checkpoint.CheckpointError as e:
+        raise TrainError(str(e), code=2) from None
+    saved = ckpt.get("trainer", {}).get("config") if isinstance(ckpt.get("trainer"), dict) else None
+    if not isinstance(saved, dict):
+        raise TrainError(f"{resume}: not a training checkpoint (no trainer state); use --init", code=2)
+    base = {k: v for k, v in saved.items() if k not in NOT_RESUMED}
+    base["out_dir"] = str(Path(resume).parent)
+    return TrainConfig.from_dict({**base, **given, "resume": resume})
+
+
 def check_config(cfg: TrainConfig) -> str | None:
     """Every setting out of bounds, as '--name: rule' joined by '; ', or None when all are usable."""
     bad = []
@@ -122,7 +144,8 @@ def check_config(cfg: TrainConfig) -> str | None:
         need(cfg.min_duration <= cfg.max_duration, "min_duration", "not above --max_duration")
     for name in ("accumulate", "max_epochs", "save_every", "log_every"):
         need(getattr(cfg, name) >= 1, name, "at least 1")
-    for name in ("num_workers", "warmup_steps", "rect_masks", "rect_freq", "rect_time", "valid_samples", "keep"):
+    need(cfg.warmup_steps is None or cfg.warmup_steps >= 0, "warmup_steps", "not negative")
+    for name in ("num_workers", "rect_masks", "rect_freq", "rect_time", "valid_samples", "keep"):
         need(getattr(cfg, name) >= 0, name, "not negative")
     need(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", "at least 1")
     need(cfg.stop_at_step is None or cfg.stop_at_step >= 0, "stop_at_step", "not negative")
@@ -162,14 +185,63 @@ def check_config(cfg: TrainConfig) -> str | None:
     return "; ".join(bad) or None
 
 
-def lr_lambda(cfg: TrainConfig, total_steps: int):
+WARMUP_SHARE = 0.05  # of the run's optimizer steps, when --warmup_steps is not given
+MOST_OF_RUN = 0.5  # a warmup longer than this share of the run is warned about: the peak and the decay barely come
+
+
+@dataclass
+class Schedule:
+    """The run's length in optimizer steps, sized from its real batches: accumulation and DDP ranks included."""
+
+    batches_per_epoch: int  # on each rank
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def plan_schedule(cfg: TrainConfig, batches_per_epoch: int) -> Schedule:
+    """Steps an epoch (an epoch's last step takes the batches left, so --accumulate above an epoch's batches makes
+    one step an epoch), the total (--max_epochs, capped by --max_steps) and the warmup: --warmup_steps, or
+    WARMUP_SHARE of the total."""
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.accumulate)
+    total = cfg.max_epochs * steps_per_epoch
+    total = min(total, cfg.max_steps) if cfg.max_steps else total
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, round(WARMUP_SHARE * total))
+    return Schedule(batches_per_epoch, steps_per_epoch, total, warmup)
+
+
+def describe_schedule(cfg: TrainConfig, s: Schedule, world: int) -> list[str]:
+    """The schedule in one line, then a warning line for each way it does not fit the run."""
+    per_step = f"batch {cfg.batch_size}" if cfg.batch_seconds is None else f"batches of {cfg.batch_seconds:g} s"
+    auto = "" if cfg.warmup_steps is not None else f" ({WARMUP_SHARE:.0%} of the run)"
+    lines = [
+        f"schedule: {s.total_steps} optimizer steps ({s.steps_per_epoch} an epoch: {s.batches_per_epoch} batches "
+        f"per rank, {per_step} x --accumulate {cfg.accumulate} x {world} rank{'s' * (world > 1)}), warmup "
+        f"{s.warmup_steps}{auto}, peak lr {cfg.lr:g}, cosine to {cfg.min_lr:g}"
+    ]
+    if cfg.accumulate > s.batches_per_epoch:
+        lines.append(
+            f"warning: --accumulate {cfg.accumulate} is longer than an epoch ({s.batches_per_epoch} batches): each "
+            f"epoch makes one step of {s.batches_per_epoch} batches; a smaller --accumulate gives more steps"
+        )
+    if s.warmup_steps > MOST_OF_RUN * s.total_steps:
+        come = "never come" if s.warmup_steps >= s.total_steps else "barely come"
+        lines.append(
+            f"warning: the warmup ({s.warmup_steps} steps) covers {min(1, s.warmup_steps / s.total_steps):.0%} of "
+            f"the run's {s.total_steps} steps, so the peak lr and the decay {come}: a smaller --warmup_steps "
+            f"(or none: {WARMUP_SHARE:.0%} of the run), or a smaller --accumulate"
+        )
+    return lines
+
+
+def lr_lambda(cfg: TrainConfig, s: Schedule):
     """Linear warmup, then cosine decay to min_lr: a multiplier of cfg.lr per optimizer step."""
-    floor = cfg.min_lr / cfg.lr
+    floor, warmup, total = cfg.min_lr / cfg.lr, s.warmup_steps, s.total_steps
 
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from .features import FeatureConfig, LogMel
 from .metrics import cer, wer
 from .model import QuartzNet, count_parameters, preset
 from .rundir import RunDir
-from .settings import RESUME_FIXED, TrainConfig, TrainError, check_config, lr_lambda
+from .settings import RESUME_FIXED, TrainConfig, TrainError, check_config, describe_schedule, lr_lambda, plan_schedule
 from .text import ctc_collapse, decode
 
 
@@ -130,9 +131,7 @@ class Trainer:
         # settings (RESUME_FIXED). With unchanged settings this is exactly the scheduler the run had at this step.
         for group in self.optimizer.param_groups:
             group.update(initial_lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(cfg, self.total_steps), self.step - 1
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.schedule), self.step - 1)
         if self.dist.main:
             state_bytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
             self.run.prepare(state_bytes, cfg.resume, cfg.overwrite, self.log)
@@ -142,6 +141,8 @@ class Trainer:
                 f"features normalize={self.feat_cfg.normalize}; device {self.device}"
                 f"{', amp ' + str(self.amp).removeprefix('torch.') if self.amp else ''}; world {self.dist.world}"
             )
+        for line in describe_schedule(cfg, self.schedule, self.dist.world):
+            self.log(line)
 
     # ---- setup
 
@@ -179,9 +180,8 @@ class Trainer:
         self.sampler = DurationBucketSampler(
             self.dataset.durations, cfg.batch_size, cfg.batch_seconds, cfg.seed, self.dist.world, self.dist.rank
         )
-        self.steps_per_epoch = math.ceil(len(self.sampler) / cfg.accumulate)
-        total = cfg.max_epochs * self.steps_per_epoch
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
+        self.schedule = plan_schedule(cfg, len(self.sampler))
+        self.total_steps = self.schedule.total_steps
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         t = ckpt["trainer"]  # the model's weights came with it in checkpoint.unpack
@@ -313,7 +313,9 @@ class Trainer:
                 finished = cfg.max_steps is not None and self.step >= cfg.max_steps
                 if stopped and not finished:
                     self.save("last.pt")
-                    self.log(f"stopped at step {self.step}; resume with --resume {self.out / 'last.pt'}")
+                    redo = f"; the {self.redo} batches of the unfinished step are redone" if self.redo else ""
+                    self.log(f"stopped at step {self.step} (epoch {self.epoch}, batch {self.batches_done}){redo}")
+                    self.log(f"resume with: {resume_command(self.out / 'last.pt', self.dist.world)}")
                     return self.model
                 self.end_epoch()  # also after max_steps mid-epoch: validate and save the final state
         self.log(f"done: {self.step} steps, best valid WER {self.best_wer:.4f}")
@@ -336,6 +338,7 @@ class Trainer:
         total = len(self.sampler)
         bar = _progress(total, self.batches_done, f"epoch {self.epoch}", cfg.progress and self.dist.main)
         micro, utts, tokens, loss_sum, seconds, t0 = 0, 0, 0, 0.0, 0.0, time.time()
+        self.redo, at_step = 0, self._step_start()
         for batch in self.loader():
             self.batches_done += 1
             micro += 1
@@ -349,6 +352,10 @@ class Trainer:
             loss_sum += loss.item()
             seconds += batch[1].sum().item() / self.feat_cfg.sample_rate
             if not last_of_step:
+                if any_rank(flag.stop, self.dist, self.device):  # within one batch, not at the end of a long step
+                    self.redo = micro
+                    self._back_to(at_step)
+                    return _closed(bar, True)
                 continue
             norm = self.optimizer_step(utts)
             avg = loss_sum / max(tokens, 1)  # per target token: comparable across clip lengths
@@ -364,12 +371,29 @@ class Trainer:
                 self.save("last.pt")
                 self.keep_weights()
             if any_rank(flag.stop or self._done(), self.dist, self.device):
-                if bar is not None:
-                    bar.close()
-                return True
-        if bar is not None:
-            bar.close()
-        return False
+                return _closed(bar, True)
+            at_step = self._step_start()
+        return _closed(bar, False)
+
+    def _step_start(self) -> dict[str, Any]:
+        """What a stop in the middle of a step goes back to: the position, the RNG states and the BatchNorm
+        statistics as the last optimizer step left them (the weights and the optimizer change only at a step)."""
+        return {
+            "batches_done": self.batches_done,
+            "rng": rng_state(),
+            "aug_rng": self.aug_gen.get_state(),
+            "buffers": [b.detach().clone() for b in self.model.buffers()],
+        }
+
+    def _back_to(self, at: dict[str, Any]) -> None:
+        """Drop the unfinished step: a checkpoint saved now resumes exactly, redoing its batches."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers(), at["buffers"], strict=True):
+                b.copy_(saved)
+        self.batches_done = at["batches_done"]
+        set_rng_state(at["rng"])
+        self.aug_gen.set_state(at["aug_rng"])
 
     def end_epoch(self) -> None:
         row: dict[str, Any] = {"step": self.step, "epoch": self.epoch}
@@ -420,6 +444,18 @@ class Trainer:
             "valid_cer": cer(refs, hyps),
             "samples": list(zip(refs, hyps, strict=True))[: self.cfg.valid_samples],
         }
+
+
+def resume_command(last: Path, world: int) -> str:
+    """The command that continues a run: its checkpoint holds every setting."""
+    launcher = "python" if world == 1 else f"torchrun --nproc_per_node {world}"
+    return f"{launcher} train.py --resume {last}"
+
+
+def _closed(bar, result: bool) -> bool:
+    if bar is not None:
+        bar.close()
+    return result
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):

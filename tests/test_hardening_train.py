@@ -200,7 +200,7 @@ def test_resume_at_an_epoch_end_may_change_batches_and_schedule(runs, tmp_path):
     trainer = Trainer(cfg)
     assert (trainer.step, trainer.epoch, len(trainer.sampler)) == (2, 1, 1)
     lr = trainer.optimizer.param_groups[0]["lr"]
-    assert lr == 5e-4 * lr_lambda(cfg, trainer.total_steps)(2)  # the new lr and schedule, from this step on
+    assert lr == 5e-4 * lr_lambda(cfg, trainer.schedule)(2)  # the new lr and schedule, from this step on
     trainer.fit()
     assert checkpoint.load(tmp_path / "run" / "last.pt")["trainer"]["step"] == 3
 

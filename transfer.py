@@ -127,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mapped {len(nm.state_dict)} tensors from NeMo keys (encoder.encoder.*, decoder.decoder_layers.0.*)")
     for n in notes:
         print(f"note: {n}")
-    checkpoint.save(out, checkpoint.make(model, feat, labels, source=str(source)))
+    try:  # a full disk (or -o /dev/full): atomic_write leaves no partial file, and this is the one line about it
+        checkpoint.save(out, checkpoint.make(model, feat, labels, source=str(source)))
+    except OSError as e:
+        print(f"error: {e.filename or out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -1,8 +1,9 @@
 """Any audio file → 16 kHz mono float32 numpy, decoded in-process where libsndfile can. No torch: inference uses it.
 
 Two decoders, picked per file:
-- libsndfile (through soundfile), in this process: WAV, FLAC, Ogg Opus/Vorbis, MP3 and its other formats. It is
-  NeMo's own reader, so a PCM WAV gives exactly NeMo's samples (int16 / 32768) and several channels are averaged
+- libsndfile (through soundfile), in this process: WAV, FLAC, Ogg Opus/Vorbis, MP3 and its other formats; a
+  chained Ogg (files joined with `cat`) link by link, as libsndfile alone stops after the first. It is NeMo's own
+  reader, so a PCM WAV gives exactly NeMo's samples (int16 / 32768) and several channels are averaged
   as NeMo averages them. Other sample rates go through soxr (HQ), the resampler librosa (and so NeMo) uses.
 - ffmpeg, one process per file, for what libsndfile does not read: m4a/aac, amr, wma, video containers.
 No process per file for the common formats: decoding a 3 s Opus takes ~3× less time than starting ffmpeg
@@ -27,7 +28,6 @@ import soxr
 
 SAMPLE_RATE = 16000
 BLOCK_SECONDS = 10.0  # how much audio to decode at a time
-OGG_MAX_PAGE = 65307  # bytes: a page header, 255 lacing values and 255 × 255 bytes of data
 MIN_SAMPLE_RATE = 4000  # Hz: telephone speech is 8 kHz; below 4 kHz no speech fits, and a 1 Hz file resampled to
 # 16 kHz turns a few KB into hours of "audio"
 WAV_HEADER_MAX = 65536  # bytes searched for a WAV's data chunk (past the fmt, LIST and bext chunks before it)
@@ -128,6 +128,8 @@ def stream_audio(
         sndfile = None
     if sndfile is None:
         blocks = _ffmpeg_blocks(path, sample_rate, block)
+    elif sndfile.format == "OGG":
+        blocks = _ogg_blocks(sndfile, path, sample_rate, block, limit)
     else:
         blocks = _sndfile_blocks(sndfile, path, sample_rate, block, limit, wav)
     total = 0
@@ -158,8 +160,6 @@ def _sndfile_blocks(
     wav: tuple[int, int, int] | None = None,
 ) -> Iterator[np.ndarray]:
     with f:
-        if f.format == "OGG" and not _ogg_complete(path):
-            raise AudioError(f"{path}: truncated (the Ogg stream ends before its last page)")
         if wav is not None and (why := _wav_truncated(*wav)):
             raise AudioError(f"{path}: {why}")
         if f.samplerate < MIN_SAMPLE_RATE:
@@ -199,19 +199,88 @@ def _sndfile_blocks(
             yield np.zeros(pad, np.float32)  # librosa.resample's length, ceil(n × ratio): soxr rounds instead
 
 
-def _ogg_complete(path: Path) -> bool:
-    """Whether an Ogg file ends with the end-of-stream page, whole. One cut short (a partial download, a recorder
-    killed mid-write) does not, and libsndfile would just stop early without a word: half a transcript."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(f.tell() - OGG_MAX_PAGE, 0))
-        tail = f.read()
-    at = tail.rfind(b"OggS")
-    if at < 0 or len(tail) < at + 27:
-        return False
-    segments = tail[at + 27 : at + 27 + tail[at + 26]]  # the lacing values: the page's data size, summed
-    end_of_stream = tail[at + 5] & 0x04
-    return bool(end_of_stream) and at + 27 + len(segments) + sum(segments) == len(tail)
+def _ogg_blocks(
+    f: soundfile.SoundFile, path: Path, sample_rate: int, block: int, limit: int | None
+) -> Iterator[np.ndarray]:
+    """An Ogg file's blocks, link after link. Files joined with `cat` (voice messages, say) make a chained Ogg:
+    streams one after another, each from its beginning-of-stream page to its end-of-stream page. libsndfile plays
+    only the first and stops without a word, so each link is opened on its own and their audio concatenated."""
+    try:
+        links = _ogg_links(path)
+    except AudioError:
+        f.close()
+        raise
+    if len(links) == 1:
+        yield from _sndfile_blocks(f, path, sample_rate, block, limit)
+        return
+    f.close()
+    with open(path, "rb") as fh:
+        for i, (start, end) in enumerate(links):
+            try:
+                link = soundfile.SoundFile(_ByteRange(fh, start, end))
+            except (soundfile.LibsndfileError, RuntimeError) as e:
+                why = getattr(e, "error_string", e)  # without soundfile's "Error opening <_ByteRange object ...>"
+                raise AudioError(f"{path}: not readable audio (Ogg link {i + 1} of {len(links)}: {why})") from None
+            yield from _sndfile_blocks(link, path, sample_rate, block, limit)
+
+
+def _ogg_links(path: Path) -> list[tuple[int, int]]:
+    """The byte ranges of an Ogg file's chained links (one for a plain file), from its page headers: a link ends
+    where a beginning-of-stream page follows the end-of-stream pages of all the streams open before it.
+
+    Raises AudioError for a file cut short (partial download, recorder killed mid-write): a last page that is not
+    whole, or a stream without its end-of-stream page, at the end of the file or before the next link; libsndfile
+    would just stop early without a word, giving half a transcript. A page reads ~27 + 255 bytes: a few ms for an
+    hour of Opus."""
+    links, start, pos, open_streams, heading = [], 0, 0, set(), True  # heading: only BOS pages in this link so far
+    with open(path, "rb", buffering=1 << 16) as fh:  # seeks within the buffer cost no system call
+        size = os.fstat(fh.fileno()).st_size
+        while pos < size:
+            fh.seek(pos)
+            head = fh.read(27)
+            if len(head) < 27 or head[:4] != b"OggS":
+                why = "the Ogg stream ends before its last page" if len(head) < 27 else f"no Ogg page at byte {pos}"
+                raise AudioError(f"{path}: truncated or corrupt ({why})")  # a page cut short, then more data
+            flags, serial = head[5], head[14:18]
+            lacing = fh.read(head[26])
+            if flags & 0x02:  # beginning of a stream
+                if not open_streams and pos > start:  # every stream before it has ended: a new link
+                    links.append((start, pos))
+                    start, heading = pos, True
+                elif not heading:  # a stream opens after data while another is unfinished: the earlier one was cut
+                    raise AudioError(f"{path}: truncated (an Ogg stream ends before its last page, at byte {pos})")
+                open_streams.add(serial)
+            else:
+                heading = False
+            if flags & 0x04:  # end of a stream
+                open_streams.discard(serial)
+            pos += 27 + len(lacing) + sum(lacing)
+    if pos > size or open_streams:
+        raise AudioError(f"{path}: truncated (the Ogg stream ends before its last page)")
+    return [*links, (start, size)]
+
+
+class _ByteRange:
+    """Bytes [start, end) of an open file, seen as a whole file: one link of a chained Ogg, for libsndfile's virtual
+    I/O (it asks for seek, tell and read, and reads the length by seeking to the end)."""
+
+    def __init__(self, fh, start: int, end: int):
+        self.fh, self.start, self.size, self.pos = fh, start, end - start, 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = min(max(base + offset, 0), self.size)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n < 0 else min(n, self.size - self.pos)
+        self.fh.seek(self.start + self.pos)
+        data = self.fh.read(n)
+        self.pos += len(data)
+        return data
 
 
 def _wav_data(path: Path) -> tuple[int, int, int] | None:

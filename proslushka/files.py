@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash or a full disk leaves the old file or the new one, never half of one."""
+"""Atomic file writes: a crash or a full disk leaves the old file or the new one, never half of one. And the files
+found in an input folder, with its broken links said out loud."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import errno
 import glob
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 # mkstemp creates files readable by the owner only; a written output should get the usual rw-r--r-- (umask) instead
@@ -92,3 +95,22 @@ def remove_stale_temps(path: str | os.PathLike, name_glob: str | None = None) ->
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return stale
+
+
+def regular_files(paths: Iterable[str | os.PathLike], problems: list[str]) -> list[Path]:
+    """The regular files among `paths` (found in a folder; symbolic links followed), sorted. A link that leads
+    nowhere (its target gone, or a loop) or that cannot be followed adds `path: reason` to `problems`, so it counts
+    as a failed input instead of vanishing without a word; other non-files (a FIFO, a device) are left out."""
+    found = []
+    for path in sorted(map(Path, paths)):
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode):
+                found.append(path)
+        except OSError as e:
+            if not path.is_symlink():
+                problems.append(f"{path}: {e.strerror}")  # e.g. gone since the folder was listed
+            elif e.errno in (errno.ENOENT, errno.ELOOP):
+                problems.append(f"{path}: broken symbolic link" + (" (a loop)" if e.errno == errno.ELOOP else ""))
+            else:
+                problems.append(f"{path}: symbolic link to {os.readlink(path)}: {e.strerror}")
+    return found

@@ -322,7 +322,9 @@ def _parameter_estimate(cfg: ModelConfig) -> int:
 
 
 def feature_config_from(config: dict[str, Any], era: Era) -> FeatureConfig:
-    p = config.get("preprocessor") if isinstance(config.get("preprocessor"), dict) else {}
+    p = config.get("preprocessor", {})
+    if not isinstance(p, dict):  # defaults in its place would give features the model was never trained on
+        raise NemoError(f"preprocessor must be a mapping of feature settings, not {str(p)[:40]!r}")
     target = str(p.get("_target_", "AudioToMelSpectrogramPreprocessor"))
     if not target.endswith("AudioToMelSpectrogramPreprocessor"):
         raise NemoError(f"unsupported preprocessor {target[:80]}")

@@ -2,7 +2,9 @@
 
 A frame is active when its energy rises THRESHOLD_DB above the noise floor and above ABS_FLOOR_DB (digital
 silence and near-silence never count). The floor follows the energy down at once and creeps up by RISE_DB_PER_S,
-so it settles on the quiet between words whatever the room's noise level. Long audio is then cut into chunks of
+so it settles on the quiet between words whatever the room's noise level. Energy is measured around each frame's
+own mean: a DC offset (cheap microphones and some sound cards add one, 0.5 of full scale is not unheard of) would
+otherwise read as loud steady "noise" and drown the speech under the floor. Long audio is then cut into chunks of
 speech (segment.py), so the model is never fed long stretches of silence as if they were speech.
 """
 
@@ -17,10 +19,13 @@ SILENCE_DB = -100.0  # the energy of digital silence (log of the 1e-10 guard)
 
 
 def frame_energy_db(x: np.ndarray, frame: int) -> np.ndarray:
-    """RMS energy in dBFS of each whole frame of `x` (a partial last frame is left out)."""
+    """RMS energy in dBFS of each whole frame of `x` around the frame's mean (a partial last frame is left out).
+
+    The mean removal is a block-wise high-pass: it takes out the DC and most of what lies below ~50 Hz (rumble,
+    drift), and leaves speech alone: its lowest voices are near 100 Hz, two whole periods in a 20 ms frame."""
     n = len(x) // frame
     frames = x[: n * frame].astype(np.float64).reshape(n, frame)
-    return 10 * np.log10((frames**2).mean(axis=1) + 1e-10)
+    return 10 * np.log10(frames.var(axis=1) + 1e-10)
 
 
 class SpeechDetector:

@@ -170,6 +170,25 @@ def test_a_yaml_error_is_one_short_line_with_its_position(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "expected ',' or ']'" in r.stderr
 
 
+def test_a_preprocessor_that_is_not_a_mapping_is_refused(tmp_path):
+    cfg = yaml.safe_load(_members()["./model_config.yaml"])
+    for i, value in enumerate([[64, 16000], 64, None, "AudioToMelSpectrogramPreprocessor"]):
+        cfg["preprocessor"] = value  # its feature settings would otherwise fall back to defaults without a word
+        config = yaml.safe_dump(cfg).encode()
+        path = _write_tar(tmp_path / f"{i}.nemo", dict(_members(), **{"./model_config.yaml": config}))
+        with pytest.raises(NemoError) as e:
+            load_nemo(path)
+        assert str(e.value) == f"{path}: preprocessor must be a mapping of feature settings, not {str(value)!r}"
+    r = _run_transfer(path, "-o", tmp_path / "m.pt")  # the last one
+    assert r.returncode == 2 and r.stderr == f"error: {e.value}\n" and not (tmp_path / "m.pt").exists()
+
+
+def test_transfer_to_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
+    r = _run_transfer(NEMO / "quartznet_tiny" / "model.nemo", "-o", "/dev/full")
+    assert r.returncode == 2 and r.stderr.startswith("error: /dev/full: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr and "No space left on device" in r.stderr
+
+
 def test_transfer_refuses_to_write_over_its_input(tmp_path):
     nemo = tmp_path / "v.nemo"
     nemo.write_bytes((NEMO / "quartznet_tiny" / "model.nemo").read_bytes())

@@ -1,9 +1,12 @@
 """Speech detection and speech-only chunking of long audio (segment.split with skip_silence)."""
 
 import numpy as np
+import pytest
+from conftest import AUDIO, CLIPS
 from onnx_models import bursts
 
-from proslushka import segment
+from proslushka import augment, segment
+from proslushka.audio import load_audio
 from proslushka.segment import split
 from proslushka.vad import SpeechDetector, frame_energy_db
 
@@ -11,9 +14,9 @@ FRAME = 320
 SR = 16000
 
 
-def _chunks(audio, **kw):
+def _chunks(audio, skip_silence=True, **kw):
     blocks = (audio[i : i + 7000] for i in range(0, len(audio), 7000))  # blocks that line up with nothing
-    return list(split(blocks, align=FRAME, skip_silence=True, **kw))
+    return list(split(blocks, align=FRAME, skip_silence=skip_silence, **kw))
 
 
 def test_chunks_hold_the_speech_with_margins_and_skip_long_pauses():
@@ -58,7 +61,34 @@ def test_detector_floor_follows_the_noise_down_and_up_slowly():
     d = SpeechDetector(0.02)
     active = np.concatenate([d.active(e[:70]), d.active(e[70:])])  # fed in two calls: the same as one
     assert not active[:50].any() and active[50:100].all() and not active[100:].any()
-    assert abs(frame_energy_db(np.full(FRAME * 2, 0.1, np.float32), FRAME)[0] + 20) < 1e-6
+    tone = 0.1 * np.sqrt(2) * np.sin(2 * np.pi * 400 * np.arange(FRAME * 2) / SR)  # 8 whole periods a frame
+    assert np.abs(frame_energy_db(tone, FRAME) + 20).max() < 1e-6  # RMS 0.1: -20 dBFS
+    assert (frame_energy_db(np.full(FRAME * 2, 0.5, np.float32), FRAME) == -100).all()  # a DC offset alone: silence
+
+
+def _speech() -> np.ndarray:
+    """The three fixture clips with pauses of 0.3 s (kept inside a chunk), 1.5 s and 1 s of silence around them."""
+    clips = [load_audio(AUDIO / f"{c}.wav") for c in CLIPS]
+    pauses = [np.zeros(int(s * SR), np.float32) for s in (0.3, 1.5)]
+    edge = np.zeros(SR, np.float32)
+    return np.concatenate([edge, augment.join(clips, pauses), edge])
+
+
+@pytest.mark.parametrize("kind", ["none", "white", "pink", "brown", "hum"])
+def test_a_dc_offset_moves_neither_the_speech_chunks_nor_the_cuts(kind):
+    speech = _speech()
+    if kind != "none":  # room noise 20 dB under the speech
+        speech = augment.add_at_snr(speech, augment.noise(len(speech), kind, np.random.default_rng(0)), 20)
+
+    def spans(x, **kw):
+        return [(s, len(c)) for s, c in _chunks(x, **kw)]
+
+    want, cuts = spans(speech), spans(speech, max_seconds=3, search_seconds=2, skip_silence=False)
+    assert len(want) >= 2 and len(cuts) >= 4  # the test has chunks and pause cuts to move
+    for offset in (0.01, 0.05, 0.1, 0.2, 0.5):  # cheap microphones and some sound cards have one
+        moved = speech + np.float32(offset)
+        assert spans(moved) == want, offset
+        assert spans(moved, max_seconds=3, search_seconds=2, skip_silence=False) == cuts, offset
 
 
 def test_transcriber_skips_silence_but_keeps_times_and_duration(tmp_path):

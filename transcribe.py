@@ -1,5 +1,6 @@
 """Transcribe audio files with an exported ONNX model: numpy features + onnxruntime + CTC beam search with a KenLM
-language model (or greedy CTC with --lm none). No torch.
+language model (or greedy CTC with --lm none). No torch. Without --lm, the shipped LM decodes only the model it was
+tuned for (the demo model, known by content); any other model is decoded greedily, and stderr says which.
 
 Inputs are files, folders (searched recursively for audio) and --manifest rows. Long files are cut at pauses into
 chunks of at most ~20 s, so memory does not grow with their length; word times stay relative to the whole file.
@@ -17,7 +18,8 @@ from pathlib import Path
 
 # the shipped demo model (models/README.md), found beside this script whatever the working directory
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
-# the shipped LM (a word 3-gram of ru-synth's lm.txt), used when the model's alphabet is the one it was built with
+# the shipped LM (a word 3-gram of ru-synth's lm.txt), used by default only with the model it was tuned for (by
+# content, as its demo-lm.json records it): on another model its weights would make fluent filler of letter soup
 DEFAULT_LM = DEFAULT_MODEL.with_name("demo-lm.bin")
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # proslushka.formats.FORMATS, here so --help needs no imports
 AUDIO_EXTENSIONS = {
@@ -44,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         default=str(DEFAULT_MODEL),
         help="ONNX model from export.py (default: the demo model, models/demo.onnx)",
     )
-    p.add_argument("--format", default="txt", choices=FORMATS, help="output format (default: %(default)s)")
+    p.add_argument(
+        "--format",
+        default="txt",
+        choices=FORMATS,
+        help="output format (default: %(default)s; txt from several inputs, a folder or a manifest into one stream: "
+        "one 'PATH<tab>TEXT' line per file)",
+    )
     p.add_argument("--output_dir", help="write one file per input here (NAME.FORMAT, folder structure kept)")
     p.add_argument("-o", "--output", help="write all transcripts to this one file (default: stdout)")
     p.add_argument(
@@ -75,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--lm",
-        help="KenLM language model (binary or ARPA) for beam search, with its tuned settings from "
-        "NAME.json beside it; 'none' decodes greedily (default: models/demo-lm.bin when the model's "
-        "alphabet matches it, else greedy)",
+        help="KenLM language model (binary or ARPA) for beam search, with its tuned settings from NAME.json and its "
+        "vocabulary NAME.words beside it (made from the LM if missing); 'none' decodes greedily (default: "
+        "models/demo-lm.bin with the model it was tuned for, the demo model; greedy with any other)",
     )
     p.add_argument(
         "--beam_width", type=at_least(1, int), help="hypotheses kept per frame (default: the LM's tuned one, or 64)"
@@ -148,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bar = progress(len(items))
     texts, scored, failed = [], [], len(problems)
+    # one stream of several transcripts: each txt line says its file, as grep does with several files
+    named = args.format == "txt" and not out_dir and not single_file(args.inputs, args.manifest)
     results = tr.transcribe_many((it.path for it in items), args.batch_size, args.max_chunk_seconds)
     for item, result in zip(items, results, strict=True):
         if bar:
@@ -157,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             failed += 1
             continue
         text = render(result, args.format, args.max_words_per_line, audio_filepath=item.path)
+        if named:
+            text = f"{printable(item.path)}\t{text}"
         if out_dir:
             try:
                 atomic_write(out_dir / out_name(item, args.format), text)
@@ -224,6 +236,12 @@ def outputs_and_sources(args: argparse.Namespace, items: list[Item]):
             yield Path(args.output_dir) / out_name(it, args.format), [*shared, it.path]
 
 
+def single_file(inputs: list[str], manifest: str | None) -> bool:
+    """Whether the inputs are one file named on the command line (not a folder or a manifest, whose number of files
+    the output's shape must not depend on)."""
+    return manifest is None and len(inputs) == 1 and not Path(inputs[0]).is_dir()
+
+
 def tolerant_stderr() -> None:
     """Let stderr show any file name: one that is not UTF-8 (b"a\\xff.wav" reaches Python as "a\\udcff.wav") then
     prints as "a\\udcff.wav" instead of failing, e.g. under PYTHONIOENCODING=utf-8:strict or a test's capture."""
@@ -250,20 +268,51 @@ def stdout_failed(e: OSError) -> int:
 
 def setup_decoder(tr, args: argparse.Namespace) -> None:
     """Beam search with the chosen LM (or none), the settings given on the command line and the hotwords;
-    greedy for --lm none without hotwords. Raises DecoderError for an LM, settings or hotwords that cannot be used."""
-    from proslushka.decode import load_settings, parse_hotwords
+    greedy for --lm none without hotwords. Without --lm: the shipped LM with the model it was tuned for, else none,
+    and one line on stderr says which. Raises DecoderError for an LM, settings or hotwords that cannot be used."""
+    from proslushka.decode import load_settings, parse_hotwords, tuned_for
 
     hotwords = parse_hotwords(args.hotwords, tr.labels) if args.hotwords else None
     given = {"alpha": args.lm_alpha, "beta": args.lm_beta, "beam_width": args.beam_width}
     given = {k: v for k, v in given.items() if v is not None}
-    lm = args.lm
+    lm, note = args.lm, None
     if lm is None:
-        shipped = load_settings(DEFAULT_LM) if DEFAULT_LM.is_file() else {}
-        lm = DEFAULT_LM if shipped.get("labels") == "".join(tr.labels) else "none"
+        lm, note = default_lm(args.model, bool(given))
+    elif lm != "none" and tuned_for(settings := load_settings(lm), args.model) is False:  # said, not refused
+        note = (
+            f"lm: {lm} is tuned for {settings['tuned_on'].get('model', 'another model')}, not {args.model}: its "
+            f"alpha, beta and beam may not suit it (python -m proslushka.lm tune --lm {lm} --model {args.model} ...)"
+        )
     if lm != "none":
         tr.use_lm(lm, given, hotwords)
     elif hotwords or given:  # beam search without an LM
         tr.use_lm(None, given, hotwords)
+    if note:
+        print(note, file=sys.stderr)
+
+
+def default_lm(model: str, beam: bool) -> tuple[str | Path, str]:
+    """(the LM to use without --lm, the line that says so): the shipped one only for the model it was tuned for."""
+    from proslushka.decode import load_settings, tuned_for
+
+    shown = shown_path(DEFAULT_LM)
+    settings = load_settings(DEFAULT_LM) if DEFAULT_LM.is_file() else None
+    if settings is not None and tuned_for(settings, model):
+        return DEFAULT_LM, f"lm: {shown} (tuned for this model; --lm none for greedy)"
+    what = "beam search without a language model" if beam else "greedy"
+    if settings is None:
+        return "none", f"lm: none ({what}); --lm PATH for beam search with a language model"
+    tuned = settings.get("tuned_on")
+    target = tuned.get("model") if isinstance(tuned, dict) else None
+    return "none", f"lm: none ({what}): {shown} is tuned for {target or 'another model'} only; --lm PATH to use one"
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it lies under it (models/demo-lm.bin), else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def collect(inputs: list[str], manifest: str | None) -> tuple[list[Item], list[str]]:
@@ -291,7 +340,7 @@ def collect(inputs: list[str], manifest: str | None) -> tuple[list[Item], list[s
 
 def audio_files(folder: Path, problems: list[str]) -> list[Path]:
     """Audio files under `folder`, recursively, sorted; a sub-folder that cannot be read is a problem, not a skip."""
-    import os
+    from proslushka.files import regular_files
 
     def unreadable(e: OSError) -> None:
         problems.append(f"{e.filename}: cannot read the folder ({e.strerror})")
@@ -300,7 +349,7 @@ def audio_files(folder: Path, problems: list[str]) -> list[Path]:
     for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs.sort()
         found += [Path(root) / f for f in files if Path(f).suffix.lower() in AUDIO_EXTENSIONS]
-    return sorted(f for f in found if f.is_file())
+    return regular_files(found, problems)  # a broken link is a problem too
 
 
 def manifest_items(manifest: str) -> tuple[list[Item], list[str]]:

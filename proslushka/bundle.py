@@ -45,6 +45,7 @@ DROP = [
     # wheels cannot hold symlinks, so flashlight ships each library three times; the extensions load the .so.0
     "flashlight/lib/text/libflashlight-text*.so", "flashlight/lib/text/libflashlight-text*.so.0.*",
 ]  # fmt: skip
+DEMO_LM = PACKAGE.parent / "models" / "demo-lm.bin"  # bundled by default only with the model it was tuned for
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed, so that the same inputs give the same zip
 LAMBDA_LIMIT = 250_000_000
 SMALL_FFMPEG = "build/ffmpeg/ffmpeg"  # where tools/build_ffmpeg.sh puts its audio-only build
@@ -72,8 +73,11 @@ def stage(
     """Lay out the bundle's files in `folder`: the dependencies, proslushka/, model.onnx, bin/ffmpeg (if given),
     lm.bin with lm.words and lm.json (if given).
 
-    python=None (and no site_packages) leaves the dependencies out: for tests of the layout.
+    python=None (and no site_packages) leaves the dependencies out: for tests of the layout. An LM binary without
+    NAME.words gets lm.words from the vocabulary it stores (DecoderError if it has none).
     """
+    from .decode import binary_words, lm_kind
+
     folder.mkdir(parents=True, exist_ok=True)
     dependencies = DEPENDENCIES + (LM_DEPENDENCIES if lm else ())
     if site_packages:
@@ -91,6 +95,8 @@ def stage(
         for src in (lm, lm.with_suffix(".words"), lm.with_suffix(".json")):
             if src.is_file():
                 shutil.copy2(src, folder / ("lm" + src.suffix if src != lm else "lm.bin"))
+        if not lm.with_suffix(".words").is_file() and lm_kind(lm) == "binary":  # Lambda's code folder is read-only
+            (folder / "lm.words").write_text("".join(w + "\n" for w in binary_words(lm)), encoding="utf-8")
     if ffmpeg is not None:
         (folder / "bin").mkdir()
         shutil.copy2(ffmpeg, folder / "bin" / "ffmpeg")
@@ -238,6 +244,16 @@ def check_answers(answers: dict[str, list]) -> list[str]:
     return lines
 
 
+def default_lm(model: Path) -> tuple[Path | None, str]:
+    """(the LM to bundle without --lm, the line that says so): the demo LM only with the model it was tuned for, as
+    transcribe.py decides: on another model its weights would turn letter soup into fluent filler."""
+    from .decode import load_settings, tuned_for
+
+    if DEMO_LM.is_file() and tuned_for(load_settings(DEMO_LM), model):
+        return DEMO_LM, f"lm: {DEMO_LM.name} (tuned for this model; --lm none for a greedy bundle)"
+    return None, f"lm: none (greedy): {DEMO_LM.name} is tuned for the demo model only; --lm PATH to bundle one"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", default="dist/lambda.zip", help="zip to write (default: %(default)s)")
@@ -255,9 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--lm",
-        default="models/demo-lm.bin",
-        help="a KenLM (with NAME.words and NAME.json beside it) "
-        "for beam search in the handler, or 'none' for greedy (default: %(default)s)",
+        help="a KenLM (with NAME.json beside it, and NAME.words, made from a binary if missing) for beam search in "
+        "the handler, or 'none' for greedy (default: models/demo-lm.bin when --model is the model it was tuned for, "
+        "the demo model; none with any other)",
     )
     p.add_argument(
         "--python",
@@ -271,11 +287,22 @@ def main(argv: list[str] | None = None) -> int:
         "downloading wheels (then --python must be this Python's version)",
     )
     args = p.parse_args(argv)
+    from .decode import DecoderError, lm_kind, stored_words, vocab_path
 
     model = Path(args.model)
-    lm = None if args.lm == "none" else Path(args.lm)
+    if args.lm is None and model.is_file():
+        lm, note = default_lm(model)
+        print(note)
+    else:
+        lm = None if args.lm in ("none", None) else Path(args.lm)
     if lm is not None and not lm.is_file():
         print(f"error: {lm}: no such language model (--lm none for a greedy bundle)", file=sys.stderr)
+        return 2
+    try:  # a binary without NAME.words gets its stored words in the bundle: checked now, not after the downloads
+        if lm is not None and not vocab_path(lm).is_file():
+            stored_words(lm, lm_kind(lm))
+    except DecoderError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     ffmpeg = None if args.no_ffmpeg else Path(args.ffmpeg)
     this_python = args.python == f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -2,17 +2,23 @@
 
 A file is downloaded into `NAME.part` beside its final place and renamed only once its MD5 matches, so the cache
 never holds a wrong file under the right name. A cut connection resumes where it stopped (an HTTP Range request),
-in the same run and in the next one; a checksum mismatch deletes the download and says so in one line.
+in the same run and in the next one; a checksum mismatch deletes the download and says so in one line. A mirror
+whose URL ends in .gz serves the file gzipped (OpenSLR's): it downloads (and resumes) into `NAME.gz.part`, is
+gunzipped as a stream into `NAME.part`, and the MD5 checked is the unpacked file's.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
+import shutil
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -60,23 +66,50 @@ def fetch(remote: Remote, folder: Path | None = None, urls: Sequence[str] | None
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FetchError(f"{folder}: cannot create the download folder ({e.strerror})") from None
-    part = dest.with_name(dest.name + ".part")
+    part, packed = dest.with_name(dest.name + ".part"), dest.with_name(dest.name + ".gz.part")
     errors = []
     for url in urls or remote.urls:
         try:
-            download(url, part, progress=progress, label=remote.name)
+            if gzipped(url, remote.name):
+                download(url, packed, progress=progress, label=remote.name + ".gz")
+                gunzip(packed, part, url)
+            else:
+                download(url, part, progress=progress, label=remote.name)
             break
         except FetchError as e:
             errors.append(str(e))
     else:
-        kept = f"; {part} keeps what arrived, run again to resume" if part.is_file() and part.stat().st_size else ""
-        raise FetchError(f"{remote.name}: could not download it ({' | '.join(errors)}){kept}")
+        kept = [str(p) for p in (part, packed) if p.is_file() and p.stat().st_size]
+        resume = f"; {' and '.join(kept)} {'keeps' if len(kept) == 1 else 'keep'} what arrived, run again to resume"
+        raise FetchError(f"{remote.name}: could not download it ({' | '.join(errors)}){resume if kept else ''}")
     got = md5_of(part)
     if got != remote.md5:
         part.unlink()
         raise FetchError(f"{remote.name}: MD5 mismatch (got {got}, expected {remote.md5}); the download was deleted")
     os.replace(part, dest)
+    packed.unlink(missing_ok=True)  # a gzipped mirror's partial download, left by an earlier run that used another
     return dest
+
+
+def gzipped(url: str, name: str) -> bool:
+    """Whether `url` serves `name` gzipped: its path ends in .gz and the name does not."""
+    return urllib.parse.urlsplit(url).path.endswith(".gz") and not name.endswith(".gz")
+
+
+def gunzip(packed: Path, out: Path, url: str) -> None:
+    """Unpack the complete download `packed` into `out` as a stream, then delete it. A damaged gzip (gzip checks its
+    CRC and length at the end) is deleted too and FetchError says so, so that the next mirror is tried."""
+    try:
+        with gzip.open(packed, "rb") as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        out.unlink(missing_ok=True)
+        packed.unlink()
+        raise FetchError(f"{url}: not a valid gzip file ({e}); the download was deleted") from None
+    except OSError as e:  # the disk, not the data: the download is kept, and unpacked again by the next run
+        out.unlink(missing_ok=True)
+        raise FetchError(f"{e.filename or out}: cannot unpack the download ({e.strerror})") from None
+    packed.unlink()
 
 
 def download(url: str, part: Path, progress: bool = True, label: str = "", attempts: int = ATTEMPTS) -> None:

@@ -4,7 +4,8 @@
 
 fetches test.tar (1.3 GB, MD5-checked, cached), unpacks its crowd and farfield parts, runs transcribe.py --report on
 each manifest (greedy, and with --lm also beam search with that LM) and prints our WER beside the published one.
-URLs, checksums and figures: the Golos README (salute-developers/golos, golos/README.md and golos/md5sum.txt).
+URLs, checksums and figures: the Golos README (salute-developers/golos, golos/README.md and golos/md5sum.txt); the
+checkpoint is also on OpenSLR (resource 114, gzipped), the last mirrors tried.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ _README_HOSTS = (
     "https://cdn.chatwm.opensmodel.sberdevices.ru/golos/",  # the README since 2025-05 ("to be updated")
     "https://n-ws-3jtx8.s3pd12.sbercloud.ru/b-ws-3jtx8-eir/golos/",  # the README before that
 )
+# OpenSLR's resource SLR114 holds the checkpoint gzipped, on its main host and mirrors (the names public download
+# scripts use); fetch() gunzips it and checks the .nemo's MD5, the one the Golos README publishes
+_OPENSLR_HOSTS = ("https://www.openslr.org", "https://us.openslr.org", "https://openslr.trmal.net")
 MODEL = Remote(
     "QuartzNet15x5_golos.nemo",
-    tuple(h + "QuartzNet15x5_golos.nemo" for h in _README_HOSTS) + ("https://sc.link/ZMv",),
+    tuple(h + "QuartzNet15x5_golos.nemo" for h in _README_HOSTS)
+    + ("https://sc.link/ZMv",)
+    + tuple(f"{h}/resources/114/QuartzNet15x5_golos.nemo.gz" for h in _OPENSLR_HOSTS),
     "5bdf7ce2ba610db4d309413ca3cb4064",
     "68 MB",
 )
@@ -116,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("eval", help="reproduce Golos's WER table with an exported model")
     e.add_argument("--model", required=True, help="the ONNX export of the transferred Golos checkpoint")
-    e.add_argument("--lm", help="also decode with this KenLM language model (transcribe.py --lm)")
+    e.add_argument(
+        "--lm",
+        help="also decode with this KenLM language model, binary or ARPA (transcribe.py --lm; NAME.words is "
+        "made from it if missing)",
+    )
     e.add_argument("--test_tar", help="a test.tar already on disk (default: download it into the cache)")
     e.add_argument("--url", action="append", help="download test.tar from here instead (repeatable: mirrors)")
     e.add_argument("--cache_dir", help=f"where downloads and the unpacked test set go (default: {cache_dir()})")

@@ -2,12 +2,16 @@
 
     python -m proslushka.lm build lm.txt -o models/my-lm.bin [--order 3] [--exclude valid/manifest.jsonl ...]
     python -m proslushka.lm tune --manifest valid/manifest.jsonl --lm models/my-lm.bin [--model m.onnx]
+    python -m proslushka.lm words any-kenlm.bin [-o any-kenlm.words]
 
 `build` normalizes the text with our alphabet, drops every line that contains an --exclude manifest's sentence (so
 the LM has never seen what it is measured on), runs KenLM's lmplz and build_binary (tools/build_kenlm.sh builds them)
 and writes beside the LM its vocabulary (NAME.words, the decoder's lexicon) and its settings (NAME.json).
 `tune` grid-searches the LM weight α, the word bonus β and the beam on a manifest, prints the table it searched
-and writes the best setting into NAME.json, so that `transcribe.py --lm NAME.bin` alone decodes with it.
+and writes the best setting into NAME.json, with the model it tuned for (by content: size and SHA-256), so that
+`transcribe.py --lm NAME.bin` alone decodes with it. `words` writes the vocabulary of any KenLM model (someone
+else's, e.g. Golos's), from its ARPA 1-grams or the words a KenLM binary stores at its end; transcribe.py's --lm
+does the same on its own when NAME.words is missing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .decode import DEFAULTS, arpa_words, settings_path, vocab_path, write_settings
+from .decode import (
+    DEFAULTS,
+    arpa_words,
+    lm_kind,
+    model_identity,
+    settings_path,
+    stored_words,
+    vocab_path,
+    write_settings,
+)
 from .files import atomic_write, check_not_input, check_writable
 from .text import LABELS, check, normalize
 
@@ -284,9 +297,25 @@ def tune(
     best = {"alpha": alpha, "beta": beta, "beam_width": beam}
     wer_, cer_ = at_beam[beam]
     print(f"best: beam {beam}, alpha {alpha}, beta {beta}: WER {wer_:.2f}%, CER {cer_:.2f}%")
-    return best | {
-        "tuned_on": {"manifest": str(manifest), "model": Path(model).name, "wer": round(wer_, 2), "cer": round(cer_, 2)}
-    }, table
+    tuned_on = {"manifest": str(manifest), "model": Path(model).name, **model_identity(model)}
+    return best | {"tuned_on": tuned_on | {"wer": round(wer_, 2), "cer": round(cer_, 2)}}, table
+
+
+def write_words(lm: str | os.PathLike, out: str | os.PathLike | None = None) -> int:
+    """Write the vocabulary of the LM `lm` (ARPA or KenLM binary) to `out` (default: NAME.words beside it), one word a
+    line; returns how many. DecoderError for an LM without one, LMError (exit 2) for an output that cannot be."""
+    lm = Path(lm)
+    out = Path(out) if out else vocab_path(lm)
+    words = stored_words(lm, lm_kind(lm))
+    try:
+        check_not_input(out, [lm])
+        check_writable(out)
+        atomic_write(out, "".join(w + "\n" for w in words))
+    except ValueError as e:
+        raise LMError(str(e), 2) from None
+    except OSError as e:
+        raise LMError(f"{e.filename or out}: cannot write the vocabulary there ({e.strerror})", 2) from None
+    return len(words)
 
 
 def _logprobs(tr, audio: Path, where: str) -> list:
@@ -325,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the first is used for the alpha/beta grid, the others are then tried at the best alpha/beta",
     )
     t.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    w = sub.add_parser("words", help="write a KenLM model's vocabulary (NAME.words, the decoder's lexicon)")
+    w.add_argument("lm", help="the LM: ARPA text, or a KenLM binary (which stores its words at its end)")
+    w.add_argument("-o", "--output", help="where to write it (default: NAME.words beside the LM)")
     args = p.parse_args(argv)
 
     from .decode import DecoderError, load_settings
@@ -340,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.output}: {size:.1f} MB, {settings['words']} words; tune it with python -m proslushka.lm "
                 f"tune --manifest valid.jsonl --lm {args.output}"
             )
+        elif args.command == "words":
+            n = write_words(args.lm, args.output)
+            print(f"wrote {args.output or vocab_path(args.lm)}: {n} words")
         else:
             settings = load_settings(args.lm)
             best, _ = tune(args.manifest, args.lm, args.model, args.alpha, args.beta, args.beam_width, args.threads)

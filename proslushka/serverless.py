@@ -8,7 +8,8 @@ nothing of the internals (the traceback is logged). Limits: PROSLUSHKA_MAX_BODY_
 payload limit) and PROSLUSHKA_MAX_SECONDS of audio (default 600); decoding stops at the limit, so memory stays
 bounded by it whatever the file claims. In the bundle (proslushka.bundle) model.onnx and bin/ffmpeg lie beside this
 package, and lm.bin (with lm.words and lm.json) when the bundle carries a language model for beam search;
-PROSLUSHKA_MODEL, PROSLUSHKA_LM ("none": greedy) and PROSLUSHKA_FFMPEG override them.
+PROSLUSHKA_MODEL, PROSLUSHKA_LM ("none": greedy) and PROSLUSHKA_FFMPEG override them (with PROSLUSHKA_MODEL alone,
+the bundled LM only if it was tuned for that model).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .audio import AudioError, AudioTooLongError, load_audio_bytes
+from .decode import load_settings, tuned_for
 from .formats import as_dict
 from .infer import Transcriber
 
@@ -59,10 +61,24 @@ def transcriber() -> Transcriber:
     """The container's one Transcriber, loaded on first use."""
     global _transcriber
     if _transcriber is None:
-        lm = os.environ.get("PROSLUSHKA_LM") or (ROOT / "lm.bin" if (ROOT / "lm.bin").is_file() else "none")
-        model = os.environ.get("PROSLUSHKA_MODEL", ROOT / "model.onnx")
+        model = os.environ.get("PROSLUSHKA_MODEL") or ROOT / "model.onnx"
+        lm = os.environ.get("PROSLUSHKA_LM") or bundled_lm(model)
         _transcriber = Transcriber(model, lm=None if lm == "none" else lm)
     return _transcriber
+
+
+def bundled_lm(model: str | Path) -> Path | str:
+    """The bundle's lm.bin, which the bundle chose for its model.onnx; with PROSLUSHKA_MODEL naming another model,
+    only if it was tuned for that one (as transcribe.py decides without --lm); else "none"."""
+    lm = ROOT / "lm.bin"
+    if not lm.is_file():
+        return "none"
+    other = Path(model).resolve() != (ROOT / "model.onnx").resolve()
+    if other and not tuned_for(load_settings(lm), model):
+        log.warning("%s: the bundled lm.bin is tuned for another model; decoding greedily (PROSLUSHKA_LM=%s to use it)",
+                    model, lm)  # fmt: skip
+        return "none"
+    return lm
 
 
 def handler(event: Any, context: Any = None) -> dict[str, Any]:

@@ -66,3 +66,36 @@ def test_the_real_bundle_fits_lambda_and_answers(tmp_path, capsys):
     assert status == 200 and body["text"] and abs(body["duration"] - 3.01) < 0.01
     assert all(f.startswith(str(tmp_path / "task")) for f in result["files"].values()) and not result["torch"]
     assert result["lm"]  # beam search with the demo LM, inside the 120 MB
+
+
+class _StagedError(Exception):
+    """Stops bundle.main where it would start laying out the bundle (downloads, smoke test)."""
+
+
+def test_the_demo_lm_is_bundled_only_with_its_model_unless_asked(tmp_path, monkeypatch, capsys):
+    staged = []
+
+    def stage(folder, model, ffmpeg, python, site_packages, lm=None):
+        staged.append(lm)
+        raise _StagedError
+
+    monkeypatch.setattr(bundle, "stage", stage)
+    demo, mine = ROOT / "models" / "demo.onnx", energy_onnx(tmp_path)
+    for args in (["--model", demo], ["--model", mine], ["--model", mine, "--lm", bundle.DEMO_LM]):
+        with pytest.raises(_StagedError):
+            bundle.main([str(a) for a in [*args, "--no_ffmpeg", "-o", tmp_path / "x.zip"]])
+    assert staged == [bundle.DEMO_LM, None, bundle.DEMO_LM]  # the demo's own; none for another; asked for: bundled
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "lm: demo-lm.bin (tuned for this model; --lm none for a greedy bundle)",
+        "lm: none (greedy): demo-lm.bin is tuned for the demo model only; --lm PATH to bundle one",
+    ]
+
+
+def test_a_binary_lm_without_its_words_gets_them_in_the_bundle(tmp_path):
+    lm = tmp_path / "golos.bin"  # someone else's KenLM: no .words, no .json beside it
+    lm.write_bytes((ROOT / "tests" / "data" / "lm" / "tiny.bin").read_bytes())
+    bundle.stage(tmp_path / "stage", energy_onnx(tmp_path), None, python=None, site_packages=False, lm=lm)
+    words = (tmp_path / "stage" / "lm.words").read_text(encoding="utf-8").split()
+    assert sorted(words) == ["венок", "висел", "квас", "на", "стене"]  # tests/test_lm.py's TINY_ARPA
+    assert (tmp_path / "stage" / "lm.bin").read_bytes() == lm.read_bytes() and not (tmp_path / "golos.words").exists()

@@ -35,6 +35,7 @@ def test_demo_model_transcribes_the_samples(tmp_path, args, limit):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    hyps = done.stdout.splitlines()
-    assert len(hyps) == len(rows)
+    named = [line.split("\t", 1) for line in done.stdout.splitlines()]  # several inputs: PATH<tab>TEXT lines
+    assert [path for path, _ in named] == clips
+    hyps = [text for _, text in named]
     assert cer([r["text"] for r in rows], hyps) <= limit, list(zip([r["text"] for r in rows], hyps, strict=True))

@@ -1,6 +1,8 @@
 """The Golos download and evaluation paths against a local HTTP server on 127.0.0.1 (no machine here reaches the
-real hosts): checksums good and bad, a redirect, a connection cut mid-file then resumed, a fake test.tar."""
+real hosts): checksums good and bad, a redirect, a connection cut mid-file then resumed, a gzipped mirror (OpenSLR's),
+a fake test.tar."""
 
+import gzip
 import hashlib
 import io
 import json
@@ -127,6 +129,67 @@ def test_dead_mirror_falls_through_to_the_next(tmp_path, server):
     assert "HTTP 404" in str(e.value)
 
 
+def test_a_gzipped_mirror_is_unpacked_and_its_content_checked(tmp_path, server):
+    data = np.random.default_rng(3).bytes(400_000)
+    Files.files["m.nemo.gz"] = gzip.compress(data)
+    urls = [f"{server}/gone.nemo", f"{server}/redirect/m.nemo.gz"]  # a dead mirror first, as OpenSLR's come last
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, urls, progress=False)
+    assert got == tmp_path / "m.nemo" and got.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nemo"]  # neither the .gz nor a .part left
+
+
+def test_a_damaged_gzip_is_deleted_and_the_next_mirror_tried(tmp_path, server):
+    data = np.random.default_rng(4).bytes(300_000)
+    packed = gzip.compress(data)
+    Files.files["garbage.nemo.gz"] = b"not gzip at all" * 100
+    Files.files["cut.nemo.gz"] = packed[: len(packed) // 2]  # served whole, but the gzip stream stops midway
+    flipped = bytearray(packed)
+    flipped[-8] ^= 0xFF  # the stored CRC-32: gzip's own check at the end fails
+    Files.files["flipped.nemo.gz"] = bytes(flipped)
+    Files.files["m.nemo"] = data
+    for bad, why in [
+        ("garbage", "Not a gzipped file"),
+        ("cut", "end-of-stream marker"),
+        ("flipped", "CRC check failed"),
+    ]:
+        with pytest.raises(FetchError) as e:
+            fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/{bad}.nemo.gz"], progress=False)
+        assert f"{server}/{bad}.nemo.gz: not a valid gzip file" in str(e.value) and why in str(e.value)
+        assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == [], bad  # nothing half-unpacked is kept
+    urls = [f"{server}/garbage.nemo.gz", f"{server}/m.nemo"]
+    assert fetch.fetch(_remote("m.nemo", data), tmp_path, urls, progress=False).read_bytes() == data
+
+
+def test_a_gzipped_mirror_of_the_wrong_file_fails_the_md5_of_what_it_unpacks(tmp_path, server):
+    Files.files["m.nemo.gz"] = gzip.compress(b"another file" * 1000)
+    with pytest.raises(FetchError) as e:
+        fetch.fetch(_remote("m.nemo", b"the right file"), tmp_path, [f"{server}/m.nemo.gz"], progress=False)
+    want = hashlib.md5(b"another file" * 1000).hexdigest()  # the unpacked file's, not the .gz's
+    assert f"MD5 mismatch (got {want}, expected" in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+def test_a_gzipped_download_resumes_in_the_run_and_in_the_next(tmp_path, server):
+    data = np.random.default_rng(5).bytes(2_000_000)
+    packed = gzip.compress(data, compresslevel=1)
+    Files.files["m.nemo.gz"] = packed
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/cut/m.nemo.gz"], progress=False)
+    assert got.read_bytes() == data
+    assert [r for _, r in Files.requests] == [None, f"bytes={len(packed) // 2}-"]  # the second resumed mid-file
+    got.unlink()
+    Files.requests.clear()
+    (tmp_path / "m.nemo.gz.part").write_bytes(packed[:54_321])  # what an earlier, killed run left
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/m.nemo.gz"], progress=False)
+    assert got.read_bytes() == data and Files.requests == [("/m.nemo.gz", "bytes=54321-")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.nemo"]
+
+
+def test_the_openslr_mirrors_serve_the_checkpoint_gzipped():
+    openslr = [u for u in golos.MODEL.urls if "openslr" in u]
+    assert openslr and all(u.endswith("/resources/114/QuartzNet15x5_golos.nemo.gz") for u in openslr)
+    assert all(fetch.gzipped(u, golos.MODEL.name) for u in openslr)
+    assert not any(fetch.gzipped(u, golos.MODEL.name) for u in golos.MODEL.urls if u not in openslr)
+
+
 def test_transfer_golos_downloads_then_transfers(tmp_path, server, monkeypatch, capsys):
     sys.path.insert(0, str(ROOT))
     import transfer
@@ -204,6 +267,24 @@ def test_golos_eval_on_a_fake_test_set(tmp_path, server, monkeypatch, capsys):
                         "farfield/farfield.jsonl", "farfield/files/farfield0.wav", "farfield/files/farfield1.wav",
                         "unpacked.json"]  # fmt: skip
     assert not (tmp_path / "evil.wav").exists() and (out / "table.txt").read_text().strip() == printed.strip()
+
+
+def test_golos_eval_with_a_kenlm_binary_that_has_no_words_file(tmp_path, server, monkeypatch, capsys):
+    """GOLOS_LM=lm.binary, as Golos's KenLMs.tar holds them: a binary alone, its vocabulary read from its end."""
+    from onnx_models import fixture_onnx
+
+    data = _fake_test_tar()
+    Files.files["test.tar"] = data
+    monkeypatch.setattr(golos, "TEST", Remote("golos_test.tar", (), hashlib.md5(data).hexdigest(), "small"))
+    lm = tmp_path / "lm.binary"
+    lm.write_bytes((ROOT / "tests" / "data" / "lm" / "tiny.bin").read_bytes())
+    args = ["eval", "--model", str(fixture_onnx(tmp_path)), "--lm", str(lm), "--url", f"{server}/test.tar",
+            "--cache_dir", str(tmp_path / "c"), "--out_dir", str(tmp_path / "out")]  # fmt: skip
+    assert golos.main(args) == 0, capsys.readouterr().err
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("beam + LM")]
+    assert len(rows) == 2 and all(" 2 " in row for row in rows)  # both sets, both files each, decoded with the LM
+    assert sorted(lm.with_suffix(".words").read_text(encoding="utf-8").split()) == ["венок", "висел", "квас", "на",
+                                                                                  "стене"]  # fmt: skip
 
 
 def test_word_error_rate_sums_edits_over_words(tmp_path):

@@ -1,10 +1,14 @@
 """Beam search with a KenLM language model (decode.py), building/tuning helpers (lm.py) and transcribe.py's --lm.
 
 The LMs here are tiny ARPA files written by the tests (plus tests/data/lm/tiny.bin, the same model as a KenLM
-binary), so nothing needs KenLM's build tools or ../shared."""
+binary, and binaries the tests build with KenLM's build_binary where tools/build_kenlm.sh has built it), so nothing
+needs ../shared."""
 
+import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -13,7 +17,16 @@ from conftest import DATA, ROOT
 
 import transcribe
 from proslushka import lm as lm_tool
-from proslushka.decode import BeamDecoder, DecoderError, arpa_words, load_settings, parse_hotwords
+from proslushka.decode import (
+    BeamDecoder,
+    DecoderError,
+    arpa_words,
+    binary_words,
+    load_settings,
+    model_identity,
+    parse_hotwords,
+    tuned_for,
+)
 from proslushka.formats import as_dict
 from proslushka.infer import Transcriber, ctc_words
 from proslushka.lm import KENLM_DIR, LMError, clean_lines, excluded
@@ -24,6 +37,12 @@ BLANK = len(LABELS)
 DEMO = ROOT / "models" / "demo.onnx"
 PORTRET = ROOT / "samples" / "portret.opus"
 TINY_BIN = DATA / "lm" / "tiny.bin"
+DEMO_LM = ROOT / "models" / "demo-lm.bin"
+PORTRET_TEXT = "на угле портрета висел венок из запыленных иммортелей"  # samples/manifest.jsonl
+needs_kenlm = pytest.mark.skipif(
+    not os.environ.get("CI") and not (KENLM_DIR / "lmplz").is_file(),
+    reason="needs tools/build_kenlm.sh's lmplz and build_binary (.ci/run builds them)",
+)
 
 # log10 probabilities, as KenLM writes them; "весел" is not a word of this LM, "висел" is
 TINY_ARPA = """\\data\\
@@ -137,10 +156,7 @@ def test_text_for_an_lm_is_normalized_and_evaluation_sentences_are_dropped():
     assert list(excluded(cleaned, ["он был здесь"])) == ["он говорят был здесь", "здесь был он"]
 
 
-@pytest.mark.skipif(
-    not os.environ.get("CI") and not (KENLM_DIR / "lmplz").is_file(),
-    reason="needs tools/build_kenlm.sh's lmplz (.ci/run builds it)",
-)
+@needs_kenlm
 def test_build_an_lm_without_the_excluded_sentences(tmp_path, arpa):
     (tmp_path / "text.txt").write_text("На стене висел венок.\nВенок висел!\nкто-то пел песню\nhello\n")
     manifest = tmp_path / "valid.jsonl"
@@ -208,9 +224,9 @@ def bad_lms(folder, arpa):
     half = folder / "half.arpa"
     half.write_text(TINY_ARPA[: TINY_ARPA.index("\\2-grams:") + 20], encoding="utf-8")
     cases.append((half, half, "KenLM cannot load it"))
-    no_words = folder / "alone.bin"
-    no_words.write_bytes(TINY_BIN.read_bytes())
-    cases.append((no_words, folder / "alone.words", "missing"))
+    unfinished = folder / "unfinished.bin"  # what build_binary leaves when it fails midway
+    unfinished.write_bytes(b"mmap lm http://kheafield.com/code incomplete\n" + bytes(300))
+    cases.append((unfinished, unfinished, "did not finish"))
     for name, settings in [("alpha", {"alpha": "x"}), ("beam", {"beam_width": 0}), ("json", None)]:
         lm = folder / f"{name}.arpa"
         lm.write_text(TINY_ARPA, encoding="utf-8")
@@ -320,15 +336,19 @@ def test_build_refuses_bad_input_in_one_line_naming_it(tmp_path, capsys):
         lm_build([str(tmp_path / "no_text.csv")], out, kenlm_dir=str(kenlm))
 
 
-def test_tune_needs_only_audio_and_text_columns(tmp_path, capsys):
+def test_tune_needs_only_audio_and_text_columns_and_records_the_model(tmp_path, capsys):
     lm = tmp_path / "my.arpa"
     lm.write_text(TINY_ARPA, encoding="utf-8")
     manifest = tmp_path / "valid.csv"  # no duration column: tuning does not use it
-    manifest.write_text(f"audio_filepath,text\n{PORTRET},на угле портрета висел венок из запыленных иммортелей\n")
+    manifest.write_text(f"audio_filepath,text\n{PORTRET},{PORTRET_TEXT}\n")
     args = ["tune", "--manifest", manifest, "--lm", lm, "--alpha", "0.5", "--beta", "1", "--beam_width", "8"]
     rc, out, err = lm_cli(capsys, *args, "--threads", "1")
     assert rc == 0, err
-    assert load_settings(lm)["tuned_on"]["manifest"] == str(manifest) and "best: beam 8" in out
+    tuned = load_settings(lm)["tuned_on"]
+    assert tuned["manifest"] == str(manifest) and "best: beam 8" in out
+    # the model it was tuned for, by content: the default model, models/demo.onnx
+    assert (tuned["model_bytes"], tuned["model_sha256"]) == (DEMO.stat().st_size, sha256(DEMO))
+    assert tuned_for(load_settings(lm), DEMO) is True
 
 
 def test_tune_refuses_bad_manifests_and_leaves_the_settings(tmp_path, capsys):
@@ -352,3 +372,165 @@ def test_tune_refuses_bad_manifests_and_leaves_the_settings(tmp_path, capsys):
         last = err.strip().splitlines()[-1]  # after "log-probs of N utterances ..." when the audio fails
         assert rc == 1 and last.startswith("error: ") and why in last and err.count("error") == 1, (name, err)
         assert json.loads(settings.read_text()) == {"alpha": 0.7, "beta": 1.5}, name  # not alpha 1.0, wer 0.0
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# the vocabulary of any KenLM model: from its ARPA 1-grams, or the words stored at the end of a KenLM binary
+
+
+def test_the_words_stored_in_kenlm_binaries():
+    assert sorted(binary_words(TINY_BIN)) == sorted(arpa_words_of(TINY_ARPA))
+    # a vocabulary of 2.3 MB, read backwards over more than one block: the words `lm build` wrote from the ARPA
+    assert sorted(binary_words(DEMO_LM)) == sorted(DEMO_LM.with_suffix(".words").read_text(encoding="utf-8").split())
+
+
+def arpa_words_of(text: str) -> list[str]:
+    return [line.split("\t")[1] for line in text.split("\\1-grams:\n")[1].split("\n\n")[0].splitlines()][3:]
+
+
+def test_a_damaged_binary_has_no_words_to_read(tmp_path):
+    data = TINY_BIN.read_bytes()
+    cases = {
+        "cut.bin": (data[:-3], "not at its end"),  # cut inside the last word
+        "short.bin": (data[: data.rindex(b"\0", 0, len(data) - 1) + 1], "not at its end"),  # a whole word short
+        "header.bin": (data[:100], "cut short in its header"),
+        "body.bin": (data[:300], "not at its end"),
+        "version4.bin": (data.replace(b"format version 5", b"format version 4", 1), "format version 5"),
+        "unfinished.bin": (b"mmap lm http://kheafield.com/code incomplete\n" + data[45:], "did not finish"),
+    }
+    for name, (content, why) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DecoderError, match=why) as e:
+            binary_words(tmp_path / name)
+        assert str(e.value).startswith(str(tmp_path / name)) and "\n" not in str(e.value), name
+
+
+def build_binary(tmp_path, *options, arpa=TINY_ARPA, name="lm.bin"):
+    (tmp_path / "lm.arpa").write_text(arpa, encoding="utf-8")
+    out = tmp_path / name
+    done = subprocess.run([str(KENLM_DIR / "build_binary"), *options, str(tmp_path / "lm.arpa"), str(out)],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@needs_kenlm
+@pytest.mark.parametrize(
+    "options",
+    [["probing"], ["trie"], ["-q", "8", "-b", "8", "trie"], ["-a", "64", "-q", "8", "-b", "8", "trie"],
+     ["-w", "mmap", "trie"], ["-w", "mmap", "probing"]],
+    ids=["probing", "trie", "quantized", "array", "mmap-trie", "mmap-probing"],
+)  # fmt: skip
+def test_the_words_of_every_binary_build_binary_writes(tmp_path, options):
+    want = sorted(arpa_words_of(TINY_ARPA))
+    assert sorted(binary_words(build_binary(tmp_path, *options))) == want
+    # an ARPA without <unk>: KenLM adds it, and counts it
+    no_unk = TINY_ARPA.replace("ngram 1=8", "ngram 1=7").replace("-1.5\t<unk>\t0\n", "")
+    assert sorted(binary_words(build_binary(tmp_path, *options, arpa=no_unk))) == want
+
+
+@needs_kenlm
+def test_a_binary_built_without_its_vocabulary_is_one_clear_line(tmp_path, capsys):
+    lm = build_binary(tmp_path, "-v", "trie")
+    rc, out, err = lm_cli(capsys, "words", lm)
+    assert (rc, out) == (2, "") and err.count("\n") == 1
+    assert err.startswith(f"error: {lm}: this KenLM binary holds no vocabulary (built with build_binary -v)")
+    rc, out, err = run(capsys, PORTRET, "--lm", lm, "-o", tmp_path / "out.txt", "--threads", "1")
+    assert (rc, out) == (2, "") and err.count("\n") == 1 and "holds no vocabulary" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.arpa", "lm.bin"]
+
+
+def test_lm_words_writes_the_vocabulary_of_an_arpa_or_a_binary(tmp_path, capsys, arpa):
+    lm = tmp_path / "golos-like.bin"
+    shutil.copyfile(TINY_BIN, lm)
+    rc, out, err = lm_cli(capsys, "words", lm)
+    assert rc == 0 and out == f"wrote {tmp_path / 'golos-like.words'}: 5 words\n", err
+    assert sorted((tmp_path / "golos-like.words").read_text(encoding="utf-8").split()) == sorted(arpa_words(arpa))
+    rc, out, err = lm_cli(capsys, "words", arpa, "-o", tmp_path / "from-arpa.txt")
+    assert rc == 0 and (tmp_path / "from-arpa.txt").read_text(encoding="utf-8").split() == arpa_words(arpa)
+    for output, why in [(lm, "is the input"), (tmp_path, "is a folder")]:  # refused, the LM untouched
+        rc, out, err = lm_cli(capsys, "words", lm, "-o", output)
+        assert (rc, out) == (2, "") and why in err and err.count("\n") == 1, err
+    assert lm.read_bytes() == TINY_BIN.read_bytes()
+    rc, _, err = lm_cli(capsys, "words", tmp_path / "golos-like.words")  # not an LM at all
+    assert rc == 2 and "not a KenLM language model" in err and err.count("\n") == 1
+
+
+def test_a_binary_lm_without_its_words_file_gets_one(capsys, tmp_path, arpa):
+    lm = tmp_path / "alone.bin"
+    shutil.copyfile(TINY_BIN, lm)
+    args = [PORTRET, "--lm", lm, "--format", "json", "--beam_width", "16", "--threads", "1"]
+    rc, out, err = run(capsys, *args)
+    assert rc == 0 and err == f"lm: wrote {tmp_path / 'alone.words'}: the 5 words stored in alone.bin, the " \
+        "decoder's lexicon\n", err  # fmt: skip
+    assert sorted((tmp_path / "alone.words").read_text(encoding="utf-8").split()) == sorted(arpa_words(arpa))
+    rc, again, err = run(capsys, *args)
+    assert rc == 0 and again == out and err == ""  # the next run reads it
+    # where NAME.words cannot be written (here a folder of that name), the words are read from the binary each time
+    (tmp_path / "alone.words").unlink()
+    (tmp_path / "alone.words").mkdir()
+    rc, again, err = run(capsys, *args)
+    assert rc == 0 and again == out and err.count("\n") == 1
+    assert err.startswith(f"lm: {tmp_path / 'alone.words'}: cannot write it (") and "read from it each time" in err
+
+
+# the shipped LM is used by default only with the model it was tuned for, known by the model's content
+
+
+def test_the_shipped_lm_is_tuned_for_the_shipped_model(tmp_path):
+    settings = load_settings(DEMO_LM)
+    assert tuned_for(settings, DEMO) is True  # fails if models/demo.onnx changes without `lm tune`
+    shutil.copyfile(DEMO, tmp_path / "renamed.onnx")
+    assert tuned_for(settings, tmp_path / "renamed.onnx") is True
+    changed = bytearray(DEMO.read_bytes())
+    changed[len(changed) // 2] ^= 1  # the same size, one bit off: the hash decides
+    (tmp_path / "changed.onnx").write_bytes(changed)
+    assert tuned_for(settings, tmp_path / "changed.onnx") is False
+    assert model_identity(tmp_path / "changed.onnx")["model_bytes"] == DEMO.stat().st_size
+    assert tuned_for({"tuned_on": {"model": "demo.onnx"}}, DEMO) is None  # an LM that records no model
+    assert tuned_for({}, DEMO) is None
+
+
+@pytest.fixture(scope="module")
+def re_exported(tmp_path_factory):
+    """The demo model's graph and weights with one more metadata entry: the same alphabet and letters, but another
+    file, as a re-export or a fine-tuned model is."""
+    import onnx
+
+    model = onnx.load(str(DEMO))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "note", "re-exported"
+    path = tmp_path_factory.mktemp("other") / "mine.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_without_lm_the_shipped_lm_decodes_only_its_own_model(capsys, tmp_path, re_exported):
+    rc, greedy, _ = run(capsys, PORTRET, "--lm", "none", "--threads", "1")
+    assert rc == 0 and greedy != PORTRET_TEXT + "\n"  # greedy misspells it: the LM is what gets it right
+    rc, out, err = run(capsys, PORTRET, "--threads", "1")
+    assert rc == 0 and out == PORTRET_TEXT + "\n"
+    assert err == "lm: models/demo-lm.bin (tuned for this model; --lm none for greedy)\n" or err.startswith(
+        f"lm: {DEMO_LM} (tuned"
+    )  # relative when run from the repository
+    shutil.copyfile(DEMO, tmp_path / "copy.onnx")  # the same content under another name: still its model
+    rc, out, err = run(capsys, PORTRET, "--model", tmp_path / "copy.onnx", "--threads", "1")
+    assert rc == 0 and out == PORTRET_TEXT + "\n" and "(tuned for this model" in err
+    # another model with the same alphabet: greedy, and one line that says so and how to change it
+    rc, out, err = run(capsys, PORTRET, "--model", re_exported, "--threads", "1")
+    assert rc == 0 and out == greedy
+    assert err.count("\n") == 1 and err.startswith("lm: none (greedy): ") and "tuned for demo.onnx only" in err
+    assert "--lm PATH" in err
+    rc, _, err = run(capsys, PORTRET, "--model", re_exported, "--hotwords", "венок", "--threads", "1")
+    assert rc == 2 and "--hotwords: needs a language model (--lm)" in err  # not the demo LM behind the user's back
+
+
+def test_an_explicit_lm_is_used_on_any_model_and_said_when_tuned_for_another(capsys, re_exported, arpa):
+    rc, out, err = run(capsys, PORTRET, "--model", re_exported, "--lm", DEMO_LM, "--threads", "1")
+    assert rc == 0 and out == PORTRET_TEXT + "\n"  # asked for: used
+    assert err.count("\n") == 1 and f"lm: {DEMO_LM} is tuned for demo.onnx, not {re_exported}" in err
+    rc, out, err = run(capsys, PORTRET, "--model", re_exported, "--lm", arpa, "--threads", "1")
+    assert rc == 0 and err == ""  # an LM that records no model: nothing to say

@@ -56,7 +56,8 @@ def test_transcribe_wav_prints_nemos_greedy_text(exported, reference, tmp_path):
     r = _run("transcribe.py", *(AUDIO / f"{c}.wav" for c in CLIPS), "--model", path)
     assert r.returncode == 0, r.stderr
     want = [decode(ctc_collapse(reference[name][f"{c}_greedy_ids"][0].tolist(), 33), LABELS) for c in CLIPS]
-    assert r.stdout.splitlines() == want
+    clips = [str(AUDIO / f"{c}.wav") for c in CLIPS]  # several inputs: PATH<tab>TEXT lines
+    assert [tuple(line.split("\t", 1)) for line in r.stdout.splitlines()] == list(zip(clips, want, strict=True))
     out = tmp_path / "t.txt"
     r = _run("transcribe.py", AUDIO / "utt1.opus", "--model", path, "-o", out)
     assert r.returncode == 0 and r.stdout == "" and len(out.read_text().splitlines()) == 1

@@ -141,3 +141,36 @@ def test_inference_modules_never_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_the_bundled_lm_goes_with_the_bundled_model_only(tmp_path, monkeypatch, caplog):
+    """A bundle carries lm.bin for its model.onnx; PROSLUSHKA_MODEL naming another model drops it (said in the log),
+    unless that model is the one the LM was tuned for, or PROSLUSHKA_LM asks for it."""
+    import shutil
+
+    from onnx_models import fixture_onnx
+
+    from proslushka.decode import model_identity
+
+    task = tmp_path / "task"
+    task.mkdir()
+    energy = energy_onnx(tmp_path)
+    shutil.copyfile(energy, task / "model.onnx")
+    shutil.copyfile(ROOT / "tests" / "data" / "lm" / "tiny.bin", task / "lm.bin")
+    (task / "lm.json").write_text(json.dumps({"tuned_on": {"model": "energy.onnx", **model_identity(energy)}}))
+    monkeypatch.setattr(serverless, "ROOT", task)
+    monkeypatch.delenv("PROSLUSHKA_LM", raising=False)
+
+    def lm_used(model=None, lm=None):
+        for name, value in (("PROSLUSHKA_MODEL", model), ("PROSLUSHKA_LM", lm)):
+            monkeypatch.setenv(name, str(value)) if value else monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(serverless, "_transcriber", None)
+        return serverless.transcriber().decoder is not None
+
+    assert lm_used()  # the bundle's own model
+    assert lm_used(model=energy)  # another path, the same content
+    other = fixture_onnx(tmp_path)
+    assert not caplog.text
+    assert not lm_used(model=other)
+    assert f"{other}: the bundled lm.bin is tuned for another model; decoding greedily" in caplog.text
+    assert lm_used(model=other, lm=task / "lm.bin")  # asked for

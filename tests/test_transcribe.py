@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -74,11 +75,32 @@ def test_mixed_good_and_bad_inputs(capsys, energy, folder, tmp_path):
     assert f"{bad}: not readable audio" in err and f"{missing}: no such file" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["one.json", "two.json"]
     assert json.loads((tmp_path / "out" / "two.json").read_text())["text"] == "а а"
-    rc, out, err = run(capsys, *inputs, "--model", energy)  # stdout: one line per good input, in order
-    assert rc == 1 and out == "а\nа а\n"
+    rc, out, err = run(capsys, *inputs, "--model", energy)  # stdout: one line per good input, in order, named
+    assert rc == 1 and out == f"{inputs[0]}\tа\n{inputs[3]}\tа а\n"
     rc, out, err = run(capsys, *inputs, "--model", energy, "--format", "json", "-o", tmp_path / "all.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert rc == 1 and out == "" and [r["audio_filepath"] for r in rows] == [str(inputs[0]), str(inputs[3])]
+
+
+def test_txt_lines_from_several_inputs_say_their_file(capsys, energy, folder, tmp_path):
+    one, two, three = (folder / name for name in CLIPS)
+    rc, out, _ = run(capsys, one, "--model", energy)  # one file: the text alone, as before
+    assert rc == 0 and out == "а\n"
+    rc, out, _ = run(capsys, one, two, "--model", energy)  # several: PATH<tab>TEXT, as grep names its files
+    assert rc == 0 and out == f"{one}\tа\n{two}\tа а\n"
+    rc, out, _ = run(capsys, folder, "--model", energy, "-o", tmp_path / "all.txt")  # a folder: its files, in order
+    lines = (tmp_path / "all.txt").read_text().splitlines()
+    assert rc == 0 and out == "" and lines == [f"{one}\tа", f"{three}\tа а а", f"{two}\tа а"]
+    (tmp_path / "only").mkdir()
+    shutil.copyfile(one, tmp_path / "only" / "one.wav")  # a folder of one file is named too: the shape stays
+    rc, out, _ = run(capsys, tmp_path / "only", "--model", energy)
+    assert rc == 0 and out == f"{tmp_path / 'only' / 'one.wav'}\tа\n"
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": "sub/two.flac"}) + "\n")
+    shutil.copytree(folder / "sub", tmp_path / "sub")
+    rc, out, _ = run(capsys, "--manifest", tmp_path / "m.jsonl", "--model", energy)  # a manifest: its rows' paths
+    assert rc == 0 and out == f"{tmp_path / 'sub' / 'two.flac'}\tа а\n"
+    rc, _, _ = run(capsys, one, two, "--model", energy, "--output_dir", tmp_path / "each")  # a file each: unchanged
+    assert rc == 0 and (tmp_path / "each" / "two.txt").read_text() == "а а\n"
 
 
 def test_usage_errors(capsys, energy, folder, tmp_path):

@@ -7,7 +7,6 @@
 # models/README.md has the measured figures of the run that made models/demo.onnx.
 
 PYTHON ?= python3
-RU_SYNTH ?= ../shared/data/ru-synth
 DATA := data/ru-synth
 RUN := runs/demo
 TRAIN := $(PYTHON) train.py --valid_manifest $(DATA)/valid/manifest.jsonl --cache_dir data/cache --num_workers 1 \
@@ -21,7 +20,7 @@ demo: demo-stage9
 	$(PYTHON) export.py --checkpoint $(RUN)/stage9/last.pt --quantize int8 -o models/demo.onnx
 
 $(DATA)/train/manifest.jsonl:
-	$(PYTHON) $(RU_SYNTH)/render.py --out $(DATA)
+	$(PYTHON) tools/render_corpus.py --out $(DATA)
 
 # stage 1: from scratch, no augmentation, batch 16 (CTC's all-blank start lasts ~800 steps; see docs/runs/)
 demo-stage1: $(DATA)/train/manifest.jsonl
@@ -43,7 +42,7 @@ demo-eval: $(DATA)/train/manifest.jsonl
 # additive noise at 0-30 dB SNR, random gain, leading/trailing silence and 2-3 clips joined with pauses, so that
 # noise and silence come out blank (docs/runs/README.md, demo v2)
 $(DATA)/more/manifest.jsonl: $(DATA)/train/manifest.jsonl
-	$(PYTHON) $(RU_SYNTH)/render.py --out $(DATA) --splits more
+	$(PYTHON) tools/render_corpus.py --out $(DATA) --splits more
 # everything but the share of noisy clips, which stages 6b and 7 raise (NOISIER)
 AUGMENT_BASE := --speed_perturb 0.9 1.0 1.1 --rect_masks 2 --rect_freq 25 --rect_time 40 --snr_db 0 30 \
 	--gain_prob 0.3 --silence_prob 0.3 --join_prob 0.3
@@ -78,7 +77,7 @@ demo-stage6b: demo-stage6
 # the `more` split's voices (tools/render_extra.py; ~25 min on 2 cores), then stage 7 from stage 6b on train + more +
 # extra (55,000 clips), 2 epochs of 2371 steps: valid CER 6.47% (fp32) (docs/runs/README.md, demo-stage7)
 $(DATA)/extra/manifest.jsonl: $(DATA)/train/manifest.jsonl
-	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000
+	$(PYTHON) tools/render_extra.py --out $(DATA) --clips 25000
 demo-stage7: demo-stage6b $(DATA)/extra/manifest.jsonl
 	$(TRAIN) $(DATA)/more/manifest.jsonl $(DATA)/extra/manifest.jsonl --init $(RUN)/stage6b/last.pt --max_epochs 2 \
 		--lr 3e-4 --warmup_steps 100 --weight_decay 1e-2 $(AUGMENT_BASE) $(NOISIER) --seed 6 --save_every 200 \
@@ -88,7 +87,7 @@ demo-stage7: demo-stage6b $(DATA)/extra/manifest.jsonl
 # (extra2, ~30 min to render), then from stage 7 on all four training splits (80,000 clips, 3458 steps an epoch) for
 # 4000 steps: valid CER 6.13% (docs/runs/README.md, demo-stage8)
 $(DATA)/extra2/manifest.jsonl: $(DATA)/extra/manifest.jsonl
-	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000 --split extra2 --seed 1 \
+	$(PYTHON) tools/render_extra.py --out $(DATA) --clips 25000 --split extra2 --seed 1 \
 		--exclude $(DATA)/extra/plan.jsonl
 demo-stage8: demo-stage7 $(DATA)/extra2/manifest.jsonl
 	$(TRAIN) $(DATA)/more/manifest.jsonl $(DATA)/extra/manifest.jsonl $(DATA)/extra2/manifest.jsonl \
@@ -99,7 +98,7 @@ demo-stage8: demo-stage7 $(DATA)/extra2/manifest.jsonl
 # training splits (105,000 clips, 4535 steps an epoch) for 4000 steps: valid CER 5.86% (docs/runs/README.md,
 # demo-stage9)
 $(DATA)/extra3/manifest.jsonl: $(DATA)/extra2/manifest.jsonl
-	$(PYTHON) tools/render_extra.py --ru_synth $(RU_SYNTH) --out $(DATA) --clips 25000 --split extra3 --seed 2 \
+	$(PYTHON) tools/render_extra.py --out $(DATA) --clips 25000 --split extra3 --seed 2 \
 		--exclude $(DATA)/extra/plan.jsonl $(DATA)/extra2/plan.jsonl
 demo-stage9: demo-stage8 $(DATA)/extra3/manifest.jsonl
 	$(TRAIN) $(DATA)/more/manifest.jsonl $(DATA)/extra/manifest.jsonl $(DATA)/extra2/manifest.jsonl \
@@ -129,7 +128,8 @@ demo-grown: $(RUN)/medium-grown.pt
 		$(AUGMENT) --seed 3 --save_every 200 $(call train_into,$(RUN)/grown)
 
 # Golos's WER table with Sber's checkpoint: download (68 MB) and transfer it, export, fetch the test set (1.3 GB),
-# transcribe crowd and farfield. GOLOS_LM=path/to/lm.binary adds the beam-search row (e.g. from Golos's KenLMs.tar).
+# transcribe crowd and farfield. GOLOS_LM=path/to/lm.binary adds the beam-search row (e.g. from Golos's KenLMs.tar:
+# any KenLM binary or ARPA; the vocabulary, lm.words, is made from it on first use).
 GOLOS := models/quartznet15x5_golos
 golos-eval:
 	$(PYTHON) transfer.py golos -o $(GOLOS).pt

@@ -1,25 +1,39 @@
-"""tools/render_extra.py: the plan of new sentences and voices, and its hand-off to ru-synth's render.py."""
+"""tools/render_extra.py: the plan of new sentences and voices, and its hand-off to tools/render_corpus.py."""
 
 import json
+import lzma
 import random
 
 import pytest
 
-from tools import render_extra
+from tools import render_corpus, render_extra
 
 VARIANTS = ["m1", "f2", "Boris", "klatt3"]
+LETTERS = "абвгдежзиклмнопрстуфхцчшщэюя"
+SPLIT_WORD = {"train": "учебная", "valid": "проверочная", "more": "добавочная"}
 
 
-def fake_ru_synth(tmp_path, lm_sentences=400, more=200):
-    """A ru-synth recipe folder in miniature: plan.jsonl with train/valid/more rows, lm.txt holding the more
-    split's sentences plus unused ones, and a render.py that records what it is asked to do."""
+def word(i: int) -> str:
+    """i spelled in Cyrillic letters (the recipe's texts have no digits): 0 -> а, 29 -> бб."""
+    out = ""
+    while True:
+        out = LETTERS[i % len(LETTERS)] + out
+        i //= len(LETTERS)
+        if not i:
+            return out
+
+
+def fake_recipe(tmp_path, lm_sentences=400, more=200):
+    """The ru-synth recipe folder in miniature: plan.jsonl.xz with train/valid/more rows, lm.txt.xz holding the
+    more split's sentences plus unused ones."""
     folder = tmp_path / "ru-synth"
     folder.mkdir()
     rng = random.Random(1)
     plan = []
     for split, n in (("train", 30), ("valid", 10), ("more", more)):
         for i in range(n):
-            row = {"id": f"{split}_{i:05d}", "split": split, "text": f"{split} фраза {i}", "source": "x"}
+            row = {"id": f"{split}_{i:05d}", "split": split, "text": f"{SPLIT_WORD[split]} фраза {word(i)}"}
+            row["source"] = "x"
             if i % 4 == 0:  # a quarter festival
                 row.update(
                     engine="festival",
@@ -43,40 +57,49 @@ def fake_ru_synth(tmp_path, lm_sentences=400, more=200):
                 )
             row["rel"] = f"000/{row['id']}.opus"
             plan.append(row)
-    (folder / "plan.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in plan), "utf-8")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in plan)
+    (folder / "plan.jsonl.xz").write_bytes(lzma.compress(text.encode("utf-8")))
     more_texts = [r["text"] for r in plan if r["split"] == "more"]
-    lm = more_texts + [f"новая фраза номер {i}" for i in range(lm_sentences)] + ["новая фраза номер 3"]
-    (folder / "lm.txt").write_text("\n".join(lm) + "\n", "utf-8")
-    (folder / "render.py").write_text(
-        "import json, os\n"
-        "CALLS = []\n"
-        "def check_tools():\n    CALLS.append(('check',))\n"
-        "def render_espeak(job):\n    pass\n"
-        "def run_pool(fn, jobs, n, label):\n"
-        "    CALLS.append((label, [it['id'] for it, _ in jobs]))\n"
-        "    for it, dst in jobs:\n"
-        "        os.makedirs(os.path.dirname(dst), exist_ok=True)\n"
-        "        open(dst, 'wb').close()\n"
-        "def render_festival(items, dsts, n, tmp):\n"
-        "    CALLS.append(('festival', [it['id'] for it in items]))\n"
-        "    for d in dsts:\n"
-        "        os.makedirs(os.path.dirname(d), exist_ok=True)\n"
-        "        open(d, 'wb').close()\n"
-        "def write_manifests(out, split, items):\n"
-        "    CALLS.append(('manifest', split, len(items)))\n",
-        "utf-8",
-    )
+    lm = more_texts + [f"новая фраза номер {word(i)}" for i in range(lm_sentences)] + ["новая фраза номер г"]
+    (folder / "lm.txt.xz").write_bytes(lzma.compress(("\n".join(lm) + "\n").encode("utf-8")))
     return folder, plan
 
 
+def lm_lines(folder) -> list[str]:
+    return lzma.decompress((folder / "lm.txt.xz").read_bytes()).decode("utf-8").splitlines()
+
+
+@pytest.fixture
+def renders(monkeypatch):
+    """render_corpus's renderer, recorded: which clips each batch asks for, and which manifests get written."""
+    calls = []
+
+    def render_batch(batch):
+        engine, rows, dsts = batch
+        calls.append((engine, [r["id"] for r in rows]))
+        for dst in dsts:
+            render_corpus.Path(dst).parent.mkdir(parents=True, exist_ok=True)
+            open(dst, "wb").close()
+        return len(rows)
+
+    def write_manifests(folder, rows):
+        calls.append(("manifest", folder.name, len(rows)))
+        return len(rows), 0.0
+
+    monkeypatch.setattr(render_corpus, "render_batch", render_batch)
+    monkeypatch.setattr(render_corpus, "write_manifests", write_manifests)
+    monkeypatch.setattr(render_corpus, "missing_packages", lambda engines: None)
+    return calls
+
+
 def test_plan_reads_only_unused_sentences_with_the_more_splits_voices(tmp_path):
-    folder, plan = fake_ru_synth(tmp_path)
-    lm = (folder / "lm.txt").read_text("utf-8").splitlines()
+    folder, plan = fake_recipe(tmp_path)
+    lm = lm_lines(folder)
     rows = render_extra.make_plan(plan, lm, 300, seed=0)
     texts = [r["text"] for r in rows]
     assert len(set(texts)) == 300, "a sentence drawn twice"
     assert not set(texts) & {r["text"] for r in plan}, "a sentence some clip already reads"
-    assert set(texts) <= {f"новая фраза номер {i}" for i in range(400)}
+    assert set(texts) <= {f"новая фраза номер {word(i)}" for i in range(400)}
     esp = [r for r in rows if r["engine"] == "espeak-ng"]
     fest = [r for r in rows if r["engine"] == "festival"]
     assert {r["variant"] for r in esp} == set(VARIANTS)
@@ -95,16 +118,16 @@ def test_plan_reads_only_unused_sentences_with_the_more_splits_voices(tmp_path):
 
 
 def test_plan_is_the_same_for_the_same_seed_only(tmp_path):
-    folder, plan = fake_ru_synth(tmp_path)
-    lm = (folder / "lm.txt").read_text("utf-8").splitlines()
+    folder, plan = fake_recipe(tmp_path)
+    lm = lm_lines(folder)
     a = render_extra.make_plan(plan, lm, 50, seed=0)
     assert a == render_extra.make_plan(plan, lm, 50, seed=0)
     assert a != render_extra.make_plan(plan, lm, 50, seed=1)
 
 
 def test_plan_refuses_more_clips_than_unused_sentences(tmp_path):
-    folder, plan = fake_ru_synth(tmp_path, lm_sentences=40)
-    lm = (folder / "lm.txt").read_text("utf-8").splitlines()
+    folder, plan = fake_recipe(tmp_path, lm_sentences=40)
+    lm = lm_lines(folder)
     assert len(render_extra.make_plan(plan, lm, 40, seed=0)) == 40  # the duplicate lm line counts once
     with pytest.raises(render_extra.PlanError, match="only 40 sentences"):
         render_extra.make_plan(plan, lm, 41, seed=0)
@@ -112,48 +135,63 @@ def test_plan_refuses_more_clips_than_unused_sentences(tmp_path):
         render_extra.make_plan([r for r in plan if r["split"] != "more"], lm, 5, seed=0)
 
 
-def test_cli_plans_renders_the_missing_clips_and_resumes(tmp_path, capsys):
-    folder, _ = fake_ru_synth(tmp_path)
+def test_cli_plans_renders_the_missing_clips_and_resumes(tmp_path, capsys, renders):
+    folder, _ = fake_recipe(tmp_path)
     out = tmp_path / "corpus"
-    args = ["--ru_synth", str(folder), "--out", str(out), "--clips", "60", "--jobs", "1"]
+    args = ["--recipe", str(folder), "--out", str(out), "--clips", "60", "--jobs", "1"]
     assert render_extra.main([*args, "--limit", "20"]) == 0
-    calls = list(render_extra.sys.modules["ru_synth_render"].CALLS)
     planned = [json.loads(line) for line in (out / "extra" / "plan.jsonl").read_text("utf-8").splitlines()]
     assert len(planned) == 60
-    rendered = [c for c in calls if c[0] in ("espeak-ng", "festival")]
+    rendered = [c for c in renders if c[0] in ("espeak-ng", "festival")]
     assert sorted(i for c in rendered for i in c[1]) == [f"extra_{i:05d}" for i in range(20)]
-    assert calls[-1] == ("manifest", "extra", 20)
+    by_id = {r["id"]: r for r in planned}
+    assert all(by_id[i]["engine"] == engine for engine, ids in rendered for i in ids)
+    assert renders[-1] == ("manifest", "extra", 20)
     assert len(list((out / "extra").rglob("*.opus"))) == 20
 
+    renders.clear()
     assert render_extra.main(args) == 0  # again, all of it: only the 40 not yet rendered are asked for
-    calls = render_extra.sys.modules["ru_synth_render"].CALLS
-    rendered = [c for c in calls if c[0] in ("espeak-ng", "festival")]
+    rendered = [c for c in renders if c[0] in ("espeak-ng", "festival")]
     assert sorted(i for c in rendered for i in c[1]) == [f"extra_{i:05d}" for i in range(20, 60)]
-    assert calls[-1] == ("manifest", "extra", 60)
+    assert renders[-1] == ("manifest", "extra", 60)
     assert "40 of 60 clips to render" in capsys.readouterr().out
 
 
-def test_cli_one_line_errors_and_no_plan_on_failure(tmp_path, capsys):
-    folder, _ = fake_ru_synth(tmp_path, lm_sentences=10)
+def test_cli_names_missing_synthesizers_before_writing_the_plan(tmp_path, monkeypatch, capsys):
+    folder, _ = fake_recipe(tmp_path)
     out = tmp_path / "corpus"
-    assert render_extra.main(["--ru_synth", str(folder), "--out", str(out), "--clips", "11", "--plan_only"]) == 1
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no espeak-ng, no festival
+    assert render_extra.main(["--recipe", str(folder), "--out", str(out), "--clips", "60"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "render_extra: missing espeak-ng, festival, festvox-ru: apt-get install -y espeak-ng festival festvox-ru\n"
+    )
+    assert not out.exists()
+    assert render_extra.main(["--recipe", str(folder), "--out", str(out), "--clips", "60", "--plan_only"]) == 0
+
+
+def test_cli_one_line_errors_and_no_plan_on_failure(tmp_path, capsys):
+    folder, _ = fake_recipe(tmp_path, lm_sentences=10)
+    out = tmp_path / "corpus"
+    assert render_extra.main(["--recipe", str(folder), "--out", str(out), "--clips", "11", "--plan_only"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("render_extra:") and "only 10 sentences" in err and "\n" not in err
-    assert render_extra.main(["--ru_synth", str(tmp_path / "nowhere"), "--out", str(out), "--plan_only"]) == 1
+    assert render_extra.main(["--recipe", str(tmp_path / "nowhere"), "--out", str(out), "--plan_only"]) == 1
     err = capsys.readouterr().err.strip()
     assert "nowhere" in err and "plan.jsonl" in err and "\n" not in err
-    (folder / "plan.jsonl").write_text('{"id": 1\n', "utf-8")
-    assert render_extra.main(["--ru_synth", str(folder), "--out", str(out), "--plan_only"]) == 1
-    assert "plan.jsonl" in capsys.readouterr().err
+    (folder / "plan.jsonl.xz").write_bytes(lzma.compress(b'{"id": 1\n'))
+    assert render_extra.main(["--recipe", str(folder), "--out", str(out), "--plan_only"]) == 1
+    assert capsys.readouterr().err.startswith(f"render_extra: {folder / 'plan.jsonl.xz'}:1: not a JSON row")
     assert not out.exists()
     with pytest.raises(SystemExit):
         render_extra.main(["--clips", "0"])
 
 
 def test_a_second_split_draws_none_of_the_first_splits_sentences(tmp_path, capsys):
-    folder, _ = fake_ru_synth(tmp_path, lm_sentences=120)
+    folder, _ = fake_recipe(tmp_path, lm_sentences=120)
     out = tmp_path / "corpus"
-    base = ["--ru_synth", str(folder), "--out", str(out), "--plan_only"]
+    base = ["--recipe", str(folder), "--out", str(out), "--plan_only"]
     assert render_extra.main([*base, "--clips", "70"]) == 0
     first = {json.loads(line)["text"] for line in (out / "extra" / "plan.jsonl").read_text("utf-8").splitlines()}
     second = ["--split", "extra2", "--seed", "1", "--exclude", str(out / "extra" / "plan.jsonl")]
@@ -176,22 +214,22 @@ def test_a_second_split_draws_none_of_the_first_splits_sentences(tmp_path, capsy
     [["--split", "more"], ["--split", "train"], ["--split", "../x"], ["--exclude", "CORPUS/extra/plan.jsonl"]],
 )
 def test_cli_refuses_a_split_that_would_write_over_a_plan(tmp_path, args, capsys):
-    folder, _ = fake_ru_synth(tmp_path)
+    folder, _ = fake_recipe(tmp_path)
     out = tmp_path / "corpus"
     args = [a.replace("CORPUS", str(out)) for a in args]
     with pytest.raises(SystemExit) as e:
-        render_extra.main(["--ru_synth", str(folder), "--out", str(out), "--plan_only", *args])
+        render_extra.main(["--recipe", str(folder), "--out", str(out), "--plan_only", *args])
     err = capsys.readouterr().err
     assert e.value.code == 2 and args[0] in err.splitlines()[-1]
     assert not out.exists()
 
 
 def test_cli_names_an_unreadable_exclude_plan(tmp_path, capsys):
-    folder, _ = fake_ru_synth(tmp_path)
+    folder, _ = fake_recipe(tmp_path)
     out = tmp_path / "corpus"
     missing = tmp_path / "old" / "plan.jsonl"
     assert (
-        render_extra.main(["--ru_synth", str(folder), "--out", str(out), "--plan_only", "--exclude", str(missing)]) == 1
+        render_extra.main(["--recipe", str(folder), "--out", str(out), "--plan_only", "--exclude", str(missing)]) == 1
     )
     err = capsys.readouterr().err.strip()
     assert str(missing) in err and "\n" not in err and not out.exists()

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from proslushka import augment  # noqa: E402
 from proslushka.audio import load_audio  # noqa: E402
+from proslushka.cli import fail  # noqa: E402
 from proslushka.files import atomic_write  # noqa: E402
 
 SR = 16000
@@ -105,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     for m in (args.valid, args.train):
         if not Path(m).is_file():
-            print(f"error: {m}: no such manifest (render ru-synth first: make demo renders it)", file=sys.stderr)
-            return 2
+            return fail(f"{m}: no such manifest (render ru-synth first: python tools/render_corpus.py)", 2)
     valid, train = rows(Path(args.valid)), rows(Path(args.train))
     out = Path(args.out)
     n = noisy_set(valid, train, out, args.snr)

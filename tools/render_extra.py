@@ -5,23 +5,23 @@ errors are").
     python tools/render_extra.py --clips 25000      # data/ru-synth/extra: ~23 h of audio, ~25 min on two cores
     python tools/render_extra.py --split extra2 --seed 1 --exclude data/ru-synth/extra/plan.jsonl   # 25,000 more
 
-The plan is drawn deterministically (--seed) from ../shared/data/ru-synth: sentences from lm.txt minus every text in
-plan.jsonl and in the plans given to --exclude (earlier extra splits); engine, voice, rate, pitch, stretch and speed
-as the `more` split's (festival for the same share of clips, espeak-ng voices out of the variants `more` uses,
-values uniform over `more`'s ranges). It is written to OUT/SPLIT/plan.jsonl, and rendered with ru-synth's own
-render.py functions into OUT/SPLIT/NNN/SPLIT_XXXXX.opus, with manifest.jsonl and meta.jsonl beside, as render.py
-does for its splits. Resumable: rendered clips are kept. The valid and test sentences are not in lm.txt, so they
-stay unseen."""
+The plan is drawn deterministically (--seed) from the recipe in recipe/ru-synth: sentences from lm.txt.xz minus
+every text in plan.jsonl.xz and in the plans given to --exclude (earlier extra splits); engine, voice, rate, pitch,
+stretch and speed as the `more` split's (festival for the same share of clips, espeak-ng voices out of the variants
+`more` uses, values uniform over `more`'s ranges). It is written to OUT/SPLIT/plan.jsonl, and rendered as
+tools/render_corpus.py renders the corpus's own splits: OUT/SPLIT/NNN/SPLIT_XXXXX.opus, with manifest.jsonl and
+meta.jsonl beside. Resumable: rendered clips are kept. The valid and test sentences are not in lm.txt, so they stay
+unseen. Exit status: 0 done, 1 a plan or recipe file that cannot be used (or a failed render), 2 bad options or
+missing packages (named in one line, before anything is written).
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,20 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from proslushka.files import atomic_write  # noqa: E402
+from proslushka.manifest import one_line  # noqa: E402
+from tools import render_corpus  # noqa: E402
+from tools.render_corpus import RecipeError, RenderError, read_plan  # noqa: E402
 
-RU_SYNTH_SPLITS = {"train", "valid", "test", "more"}  # render.py's own; an extra split must not write over them
+RU_SYNTH_SPLITS = {"train", "valid", "test", "more"}  # the recipe's own; an extra split must not write over them
 
 
 class PlanError(ValueError):
     pass
-
-
-def read_plan(path: Path) -> list[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise PlanError(f"{path}: {e}") from None
 
 
 def voice_space(plan: list[dict]) -> dict:
@@ -88,7 +83,7 @@ def make_plan(
     split: str = "extra",
     exclude: set[str] = frozenset(),
 ) -> list[dict]:
-    """`clips` new plan rows in render.py's format for `split`, none reading a text of `exclude`; the same for the
+    """`clips` new plan rows in the recipe's plan format for `split`, none reading a text of `exclude`; the same for the
     same inputs and seed."""
     space = voice_space(plan)
     pool = unused_sentences(plan, lm_lines, exclude)
@@ -119,44 +114,25 @@ def make_plan(
                 duration_stretch=None,
                 pitch_shift_cents=None,
             )
-        row["rel"] = f"{i // 1000:03d}/{row['id']}.opus"  # at most 1000 files a folder, as render.py does
+        row["rel"] = f"{i // 1000:03d}/{row['id']}.opus"  # at most 1000 files a folder, as the recipe's splits
         rows.append(row)
     return rows
 
 
-def load_renderer(ru_synth: Path):
-    spec = importlib.util.spec_from_file_location("ru_synth_render", ru_synth / "render.py")
-    if spec is None or not (ru_synth / "render.py").is_file():
-        raise PlanError(f"{ru_synth / 'render.py'}: not found")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its pool workers get its functions by module name
-    spec.loader.exec_module(module)
-    return module
-
-
-def render(items: list[dict], out: Path, split: str, ru_synth: Path, jobs: int) -> None:
-    r = load_renderer(ru_synth)
-    r.check_tools()
+def render(items: list[dict], out: Path, split: str, jobs: int) -> None:
     folder = out / split
-    dst = {it["id"]: str(folder / it["rel"]) for it in items}
-    todo = [it for it in items if not Path(dst[it["id"]]).exists()]
-    print(f"{split}: {len(todo)} of {len(items)} clips to render", flush=True)
-    esp = [it for it in todo if it["engine"] == "espeak-ng"]
-    fest = [it for it in todo if it["engine"] == "festival"]
-    r.run_pool(r.render_espeak, [(it, dst[it["id"]]) for it in esp], jobs, "espeak-ng")
-    if fest:
-        with tempfile.TemporaryDirectory(prefix="ru-synth-extra-") as tmp:
-            r.render_festival(fest, [dst[it["id"]] for it in fest], jobs, tmp)
-    r.write_manifests(str(out), split, items)
+    render_corpus.render_clips(items, folder, jobs, split)
+    clips, seconds = render_corpus.write_manifests(folder, items)
+    print(f"{split}: {clips} of {len(items)} clips, {seconds / 3600:.2f} h -> {folder / 'manifest.jsonl'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
-        "--ru_synth",
+        "--recipe",
         type=Path,
-        default=ROOT.parent / "shared/data/ru-synth",
-        help="the ru-synth recipe folder: plan.jsonl, lm.txt, render.py (default: ../shared/data/ru-synth)",
+        default=render_corpus.RECIPE,
+        help="the ru-synth recipe folder: plan.jsonl.xz, lm.txt.xz (default: recipe/ru-synth)",
     )
     p.add_argument("--out", type=Path, default=Path("data/ru-synth"), help="corpus folder (default: %(default)s)")
     p.add_argument("--split", default="extra", help="the split's name: its folder and clip ids (default: %(default)s)")
@@ -187,23 +163,27 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     try:
-        plan = read_plan(args.ru_synth / "plan.jsonl")
+        plan = read_plan(args.recipe / "plan.jsonl.xz")
         exclude = {it["text"] for path in args.exclude for it in read_plan(path)}
-        lm_path = args.ru_synth / "lm.txt"
-        try:
-            lm_lines = lm_path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise PlanError(f"{lm_path}: {e}") from None
+        lm_lines = render_corpus.read_text(args.recipe / "lm.txt.xz").splitlines()
         items = make_plan(plan, lm_lines, args.clips, args.seed, args.split, exclude)
-    except (PlanError, KeyError) as e:
+    except (PlanError, RecipeError) as e:
         print(f"render_extra: {e}", file=sys.stderr)
         return 1
-    text = "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items)
-    atomic_write(plan_path, text)
-    print(f"{args.split}: {len(items)} clips planned -> {plan_path}", flush=True)
-    if not args.plan_only:
-        render(items[: args.limit] if args.limit else items, args.out, args.split, args.ru_synth, args.jobs)
-        print(f"done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    chosen = items[: args.limit] if args.limit else items
+    todo = {it["engine"] for it in chosen if not (args.out / args.split / it["rel"]).exists()}
+    if not args.plan_only and (missing := render_corpus.missing_packages(todo)):
+        print(f"render_extra: {missing}", file=sys.stderr)
+        return 2
+    try:
+        atomic_write(plan_path, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
+        print(f"{args.split}: {len(items)} clips planned -> {plan_path}", flush=True)
+        if not args.plan_only:
+            render(chosen, args.out, args.split, args.jobs)
+            print(f"done in {(time.time() - t0) / 60:.1f} min", flush=True)
+    except (RenderError, OSError) as e:
+        print(f"render_extra: {one_line(e, 300)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -272,9 +272,9 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         group = [self.utterances[i] for i in self.groups[index]]
-        wave, text = self.load(group[0].audio_filepath), group[0].text
+        wave, text = self.load(group[0]), group[0].text
         if len(group) > 1:  # a pause is learned as blank: clips joined with silence between, their texts too
-            wave = self._join([wave] + [self.load(u.audio_filepath) for u in group[1:]], index)
+            wave = self._join([wave] + [self.load(u) for u in group[1:]], index)
             text = " ".join(u.text for u in group)
         if self.speed_perturb:
             rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -296,24 +296,50 @@ class AudioDataset(torch.utils.data.Dataset):
 
     def _other_clip(self, rng: np.random.Generator) -> np.ndarray:
         """A random training clip: the voices of babble noise."""
-        return self.load(self.utterances[rng.integers(len(self.utterances))].audio_filepath)
+        return self.load(self.utterances[rng.integers(len(self.utterances))])
 
-    def load(self, path: str) -> np.ndarray:
+    def load(self, u: Utterance) -> np.ndarray:
         """Decoded float32 audio, from the cache when it holds this version of the file."""
+        path = u.audio_filepath
         if self.cache_dir is None:
-            return audio.load_audio(path, self.sample_rate)
+            return self._decode(u)
         try:
             cached = self.cache_dir / f"{_cache_key(path, self.sample_rate)}.npy"
         except OSError:  # gone since the manifest was read: let load_audio say so, naming the file
-            return audio.load_audio(path, self.sample_rate)
+            return self._decode(u)
         try:
-            return np.load(cached).astype(np.float32) / 32768.0
+            pcm = np.load(cached)
         except (OSError, ValueError, EOFError):  # not cached yet, or a damaged file: decode again
-            pass
-        wave = audio.load_audio(path, self.sample_rate)
+            pcm = None
+        if pcm is not None:
+            _check_length(u, len(pcm) / self.sample_rate)
+            return pcm.astype(np.float32) / 32768.0
+        wave = self._decode(u)
         pcm = np.clip(np.round(wave * 32768.0), -32768, 32767).astype(np.int16)
         _save_atomic(cached, pcm)
         return wave
+
+    def _decode(self, u: Utterance) -> np.ndarray:
+        """The clip's samples; decoding stops once it is clearly longer than its manifest says, which the sampler
+        and --max_duration trusted (a 10-minute file said to be 2 s would otherwise be loaded whole)."""
+        try:
+            return audio.load_audio(u.audio_filepath, self.sample_rate, max_seconds=_longest(u.duration))
+        except audio.AudioTooLongError:
+            _check_length(u, math.inf)
+            raise
+
+
+def _longest(duration: float) -> float:
+    # manifests written by other tools measure a little differently (codec delay, rounding): 10% + 0.5 s of slack
+    return duration * 1.1 + 0.5
+
+
+def _check_length(u: Utterance, seconds: float) -> None:
+    if seconds > _longest(u.duration):
+        raise audio.AudioError(
+            f"{u.audio_filepath}: longer than its manifest duration of {u.duration:g} s (manifest line {u.line}); "
+            "correct the duration"
+        )
 
 
 def _cache_key(path: str, sample_rate: int) -> str:

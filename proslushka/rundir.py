@@ -14,11 +14,17 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, no lock
+    fcntl = None
+
 from . import checkpoint
 from .files import atomic_write, check_writable, remove_stale_temps
 from .settings import TrainError
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png")  # what a run writes in out_dir
+LOCK = ".lock"  # held (flock) by the run writing in the folder; holds its pid
 STEP_PREFIX = "step-"  # and with --keep, step-NNNNNNN.pt
 
 
@@ -32,6 +38,8 @@ class RunDir:
         self.path = Path(out)
         self.main = main
         self.keep = keep
+        self._lock = None
+        self._created = False
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -53,6 +61,50 @@ class RunDir:
                 "continues it, --overwrite replaces it, or choose another --out_dir",
                 code=2,
             )
+
+    def lock(self) -> None:
+        """Hold the folder for this run: a second training on it is refused (exit 2) instead of both appending to
+        metrics.jsonl and overwriting each other's last.pt. An flock: the kernel drops it when the process ends,
+        however it ends, so a killed run never leaves the folder locked (only the file, which the next run takes)."""
+        if not self.main or fcntl is None:
+            return
+        self._created = not self.path.exists()
+        path = self.path / LOCK
+        while self._lock is None:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                f = open(path, "a+", encoding="utf-8")
+            except OSError as e:
+                raise TrainError(f"{e.filename or self.path}: cannot write there ({e.strerror})", code=2) from None
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                pid = f.read().strip() or "?"
+                f.close()
+                raise TrainError(
+                    f"{self.path}: another training is writing in this folder (pid {pid}); wait for it to end, stop "
+                    "it, or choose another --out_dir",
+                    code=2,
+                ) from None
+            if _same_file(f, path):  # not a lock file its last holder removed between our open and our flock
+                self._lock = f
+            else:
+                f.close()
+        self._lock.truncate(0)
+        self._lock.write(f"{os.getpid()}\n")
+        self._lock.flush()
+
+    def release(self) -> None:
+        """Let the folder go, lock file and all; one this run created and left empty (it failed before writing
+        anything) is removed."""
+        if self._lock is None:
+            return
+        (self.path / LOCK).unlink(missing_ok=True)  # while still held: whoever opens it next makes a new one
+        self._lock.close()
+        self._lock = None
+        if self._created and not any(self.path.iterdir()):
+            self.path.rmdir()
 
     def prepare(self, state_bytes: int, resume: str | None, overwrite: bool, log: Callable[[str], None]) -> None:
         """Once everything else checked out: room for the checkpoints, a previous run replaced (--overwrite), the
@@ -166,6 +218,13 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def _numbers(row: dict[str, Any], *keys: str) -> bool:
     return all(isinstance(row.get(k), int | float) and not isinstance(row.get(k), bool) for k in keys)
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+    except OSError:
+        return False
 
 
 def _ends_with_newline(path: Path) -> bool:

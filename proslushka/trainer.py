@@ -93,7 +93,15 @@ class Trainer:
         np.random.seed(cfg.seed)
         if self.dist.main:
             self.run.check(cfg.resume, cfg.overwrite)  # before anything slow: a run that cannot save is refused
+            self.run.lock()
+        try:
+            self._setup()
+        except BaseException:
+            self.run.release()
+            raise
 
+    def _setup(self) -> None:
+        cfg = self.cfg
         resume_ckpt = load_resume(cfg) if cfg.resume else None
         if resume_ckpt is not None:
             try:
@@ -295,6 +303,7 @@ class Trainer:
     # ---- the loop
 
     def fit(self) -> QuartzNet:
+        """Train to the end (or a stop); the run folder is let go when it returns or fails."""
         try:
             return self._fit()
         except AudioError as e:  # a file that changed or broke after the manifest was checked
@@ -303,6 +312,8 @@ class Trainer:
             # frees the iterator now, which stops its workers; left to the garbage collector, the shutdown fails and
             # the workers (which ignore SIGTERM, see distributed.ignore_signals) block the interpreter's exit.
             traceback.clear_frames(e.__traceback__)
+        finally:
+            self.run.release()
         raise TrainError(f"{message}; {self.run.resume_hint()} once it is fixed")
 
     def _fit(self) -> QuartzNet:
@@ -479,4 +490,5 @@ def train(cfg: TrainConfig) -> QuartzNet:
     try:
         return trainer.fit()
     finally:
+        trainer.run.release()
         shutdown(trainer.dist)

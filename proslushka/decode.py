@@ -1,4 +1,5 @@
-"""CTC beam search with a KenLM word language model and hotwords, for the torch-free transcriber.
+"""CTC decoding for the torch-free transcriber (infer.py, the layer above): greedy, and beam search with a KenLM word
+language model and hotwords.
 
 Greedy CTC picks each frame's best letter, so one unclear vowel makes a wrong word ("весел" for "висел"); beam
 search keeps the best few spellings and lets a word n-gram model choose among them, scoring each hypothesis as
@@ -16,10 +17,13 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -34,10 +38,63 @@ DEFAULTS = {k: v[0] for k, v in SETTINGS.items()}
 HOTWORD_WEIGHT = 10.0  # a hotword without a weight ("имя" rather than "имя:5")
 MAX_HOTWORD_WEIGHT = 100.0  # a log-prob bonus per completed word
 BEAM_THRESHOLD = 25.0  # hypotheses further than this below the best are dropped (flashlight's usual value)
+MAX_SETTINGS_BYTES = 1 << 20  # NAME.json holds a few numbers and names: a bound on what is read and parsed
+MARKERS = ("<s>", "</s>", "<unk>")  # KenLM's sentence markers and unknown word: in its vocabulary, never spelled
 
 
 class DecoderError(ValueError):
     """An LM, its settings file or a hotword list that cannot be used; the message names the file or the word."""
+
+
+@dataclass
+class Word:
+    word: str
+    start: float  # seconds from the start of the audio
+    end: float
+
+
+def ctc_words(
+    frame_ids: Sequence[int], blank: int, labels: Sequence[str], frame_seconds: float, offset: float = 0.0
+) -> list[Word]:
+    """Greedy CTC with times: a word starts at the first frame of its first emitted token and ends after the last
+    frame of its last token (repeats of that token included); the space label separates words."""
+    words: list[Word] = []
+    chars: list[str] = []
+    first = last = prev = -1
+    for t, i in enumerate([*map(int, frame_ids), -1]):  # -1: the end, which closes the last word
+        if i == -1 or (i != blank and labels[i] == " "):
+            if chars:
+                words.append(Word("".join(chars), offset + first * frame_seconds, offset + (last + 1) * frame_seconds))
+                chars = []
+        elif i != blank:
+            if i != prev:  # a new token (a repeat after a blank is a new one too)
+                if not chars:
+                    first = t
+                chars.append(labels[i])
+            last = t
+        prev = i
+    return words
+
+
+def open_regular(path: str | os.PathLike, what: str) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file; DecoderError naming it otherwise. Opened non-blocking,
+    so a FIFO is refused instead of waiting forever for a writer; a device (/dev/zero) would never end, and KenLM
+    maps the file into memory."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise DecoderError(f"{path}: cannot read {what} ({e.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DecoderError(f"{path}: {special(mode)}, not {what} (a regular file)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def special(mode: int) -> str:
+    """What a file that is not a regular one is, by its st_mode."""
+    return "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device"
 
 
 def settings_path(lm: str | os.PathLike) -> Path:
@@ -81,12 +138,24 @@ def tuned_for(settings: dict, model: str | os.PathLike) -> bool | None:
 def load_settings(lm: str | os.PathLike) -> dict:
     """NAME.json's contents with every setting checked (missing ones take the defaults); the defaults if none."""
     path = settings_path(lm)
-    if not path.is_file():  # an LM of someone else's: untuned defaults
+    if not path.exists():  # an LM of someone else's: untuned defaults
         return dict(DEFAULTS)
+    with open_regular(path, "the LM's settings") as f:
+        try:
+            raw = f.read(MAX_SETTINGS_BYTES + 1)
+        except OSError as e:
+            raise DecoderError(f"{path}: cannot read the LM's settings ({e.strerror})") from None
+    if len(raw) > MAX_SETTINGS_BYTES:
+        raise DecoderError(f"{path}: larger than {MAX_SETTINGS_BYTES >> 20} MiB, not an LM's settings file")
+    why = None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DecoderError(f"{path}: not a readable JSON settings file ({e})") from None
+        data = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        why = "nested too deeply"
+    except ValueError as e:  # bad JSON or UTF-8, or an integer of more digits than Python converts (4300)
+        why = str(e) if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError)) else "a number too long"
+    if why:
+        raise DecoderError(f"{path}: not a readable JSON settings file ({why})")
     if not isinstance(data, dict):
         raise DecoderError(f"{path}: not a JSON object")
     return {**data, **check_settings({**DEFAULTS, **{k: data[k] for k in SETTINGS if k in data}}, path)}
@@ -138,11 +207,11 @@ def lm_kind(path: Path) -> str:
 
     KenLM itself would also refuse a bad file, but a check here gives one clear line instead of its exception text,
     and a truncated binary is caught by KenLM's own size check when the decoder loads it."""
-    try:
-        with open(path, "rb") as f:
+    with open_regular(path, "the language model") as f:
+        try:
             head = f.read(64)
-    except OSError as e:
-        raise DecoderError(f"{path}: cannot read the language model ({e.strerror})") from None
+        except OSError as e:
+            raise DecoderError(f"{path}: cannot read the language model ({e.strerror})") from None
     if head.startswith(b"mmap lm http://kheafield.com/code"):
         return "binary"
     if head.lstrip().startswith(b"\\data\\"):
@@ -162,7 +231,7 @@ def arpa_words(path: str | os.PathLike) -> list[str]:
                 inside = line == "\\1-grams:"
             elif inside and line:
                 word = line.split("\t")[1] if "\t" in line else line.split()[1]
-                if word not in ("<s>", "</s>", "<unk>"):
+                if word not in MARKERS:
                     words.append(word)
     return words
 
@@ -183,7 +252,7 @@ def binary_words(path: str | os.PathLike) -> list[str]:
     """The vocabulary stored at the end of a KenLM binary, without <s>, </s> and <unk>; DecoderError naming the
     file for one without it (build_binary -v), an unfinished or truncated one, or one of another format version."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "the language model") as f:
             head = f.read(len(_KENLM_SANITY) + _KENLM_FIXED.size)
             if head.startswith(_KENLM_INCOMPLETE):
                 raise DecoderError(f"{path}: a KenLM binary that build_binary did not finish")
@@ -250,26 +319,68 @@ def stored_words(path: Path, kind: str) -> list[str]:
         raise DecoderError(f"{path}: unreadable vocabulary ({e})") from None
 
 
-def lm_words(path: Path, kind: str) -> list[str]:
-    """The LM's vocabulary: NAME.words beside it, else the one the LM holds itself. A binary's is then written to
-    NAME.words, for the next load (or, where that cannot be written, read from the binary at each load)."""
+def lm_words(path: Path, kind: str) -> tuple[list[str], Path]:
+    """(the LM's vocabulary, the file it is from): NAME.words beside it, else the one the LM holds itself. A binary's
+    is then written to NAME.words, for the next load (or, where that cannot be written, read from the binary at each
+    load: also where something else than a file has that name, a folder or a FIFO, which is never written into)."""
     words_file = vocab_path(path)
     if words_file.is_file():
-        try:
-            return words_file.read_text(encoding="utf-8").split()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DecoderError(f"{words_file}: unreadable vocabulary ({e})") from None
+        with open_regular(words_file, "a vocabulary") as f:
+            try:
+                return f.read().decode("utf-8").split(), words_file
+            except (OSError, UnicodeDecodeError) as e:
+                raise DecoderError(f"{words_file}: unreadable vocabulary ({e})") from None
     words = stored_words(path, kind)
     if kind == "binary":
         from .files import atomic_write
 
         try:
-            atomic_write(words_file, "".join(w + "\n" for w in words))
-            note = f"lm: wrote {words_file}: the {len(words)} words stored in {path.name}, the decoder's lexicon"
+            if words_file.exists():  # atomic_write would write into a FIFO, waiting for a reader
+                why = special(words_file.stat().st_mode)
+            else:
+                atomic_write(words_file, "".join(w + "\n" for w in words))
+                why = None
         except OSError as e:
-            note = f"lm: {words_file}: cannot write it ({e.strerror}); {path.name}'s words are read from it each time"
+            why = e.strerror
+        if why is None:
+            note = f"lm: wrote {words_file}: the {len(words)} words stored in {path.name}, the decoder's lexicon"
+        else:
+            note = f"lm: {words_file}: cannot write it ({why}); {path.name}'s words are read from it each time"
         print(note, file=sys.stderr)
-    return words
+    return words, path
+
+
+_said: set[str] = set()
+
+
+def say_once(line: str) -> None:
+    """Print a note to stderr once per process: `lm tune` makes a decoder for each setting it tries."""
+    if line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr)
+
+
+def spellable(words: Sequence[str], labels: Sequence[str], source: Path) -> list[str]:
+    """The words spelled wholly in `labels`, which the decoder can put in its lexicon. DecoderError naming `source`
+    when there are none (an empty vocabulary, or one of another language: the decoder would spell nothing, or only
+    unknown words); one line says how many are left out when some are."""
+    words = [w for w in words if w not in MARKERS]
+    if not words:
+        raise DecoderError(f"{source}: no words (an empty vocabulary), so nothing to decode into")
+    known = set(labels)
+    kept = [w for w in words if known.issuperset(w)]
+    outside = [w for w in words if not known.issuperset(w)]
+    if not kept:
+        raise DecoderError(
+            f"{source}: none of its {len(words)} words is spelled in the model's alphabet (e.g. {words[0][:40]!r}): "
+            "an LM for another alphabet or language?"
+        )
+    if outside:
+        say_once(
+            f"lm: {source}: {len(outside)} of its {len(words)} words are outside the model's alphabet (e.g. "
+            f"{outside[0][:40]!r}); the decoder leaves them out"
+        )
+    return kept
 
 
 @contextlib.contextmanager
@@ -357,9 +468,10 @@ class BeamDecoder:
         from flashlight.lib.text.dictionary import Dictionary
 
         index = {c: i for i, c in enumerate(labels)}
-        words = lm_words(path, lm_kind(path))
-        known = set(words)
-        vocab = [w for w in words if all(c in index for c in w)] + [w for w in hotwords if w not in known]
+        words, source = lm_words(path, lm_kind(path))
+        vocab = spellable(words, labels, source)
+        known = set(vocab)
+        vocab += [w for w in hotwords if w not in known]
         del words, known
         word_dict = Dictionary([*vocab, "<unk>"])
         try:
@@ -382,8 +494,6 @@ class BeamDecoder:
 
     def words(self, logprobs: np.ndarray) -> list[tuple[str, int, int]]:
         """(word, first frame, frame after the last) of the best hypothesis of log-probs [T, V]."""
-        from .infer import ctc_words
-
         x = np.ascontiguousarray(logprobs, dtype=np.float32)
         if len(x) == 0:
             return []

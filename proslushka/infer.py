@@ -1,6 +1,7 @@
 """The torch-free transcriber: audio → numpy log-mel → onnxruntime → CTC decoding → text and word timestamps.
 
-Decoding is greedy, or beam search with a KenLM language model and hotwords (decode.py) when given an LM.
+Decoding (decode.py, the layer below) is greedy, or beam search with a KenLM language model and hotwords when given
+an LM.
 
 Files are read as a stream and cut into chunks of speech of at most ~20 s (segment.py: pauses longer than ~0.6 s
 are left out, so the model never reads long silence as speech), so an hour of audio needs no more memory than a
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import AudioError
-from .decode import BeamDecoder, DecoderError, load_settings, settings_path
+from .decode import BeamDecoder, DecoderError, Word, ctc_words, load_settings, settings_path
 from .features import FeatureConfig, batch_numpy, log_mel_numpy, num_frames
 from .segment import MAX_CHUNK_SECONDS, split, stream_audio
 from .text import labels_problem
@@ -73,40 +74,10 @@ def graph_problem(session, labels: Sequence[str], feature_config: FeatureConfig)
 
 
 @dataclass
-class Word:
-    word: str
-    start: float  # seconds from the start of the audio
-    end: float
-
-
-@dataclass
 class Transcript:
     text: str  # the words joined by single spaces
     words: list[Word]
     duration: float  # seconds of audio
-
-
-def ctc_words(
-    frame_ids: Sequence[int], blank: int, labels: Sequence[str], frame_seconds: float, offset: float = 0.0
-) -> list[Word]:
-    """Greedy CTC with times: a word starts at the first frame of its first emitted token and ends after the last
-    frame of its last token (repeats of that token included); the space label separates words."""
-    words: list[Word] = []
-    chars: list[str] = []
-    first = last = prev = -1
-    for t, i in enumerate([*map(int, frame_ids), -1]):  # -1: the end, which closes the last word
-        if i == -1 or (i != blank and labels[i] == " "):
-            if chars:
-                words.append(Word("".join(chars), offset + first * frame_seconds, offset + (last + 1) * frame_seconds))
-                chars = []
-        elif i != blank:
-            if i != prev:  # a new token (a repeat after a blank is a new one too)
-                if not chars:
-                    first = t
-                chars.append(labels[i])
-            last = t
-        prev = i
-    return words
 
 
 @dataclass

@@ -17,6 +17,7 @@ does the same on its own when NAME.words is missing.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import stat
@@ -26,8 +27,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from .cli import fail
 from .decode import (
     DEFAULTS,
+    SETTINGS,
     arpa_words,
     lm_kind,
     model_identity,
@@ -42,6 +45,7 @@ from .text import LABELS, check, normalize
 ROOT = Path(__file__).resolve().parent.parent
 KENLM_DIR = ROOT / "build" / "kenlm"  # where tools/build_kenlm.sh puts lmplz and build_binary
 DEFAULT_MODEL = ROOT / "models" / "demo.onnx"
+MAX_THREADS = 256  # onnxruntime's intra-op threads: more than any machine's cores would only contend
 
 
 class LMError(ValueError):
@@ -53,30 +57,42 @@ class LMError(ValueError):
         self.code = code
 
 
+def clean_line(line: str, labels: tuple[str, ...] = LABELS) -> str | None:
+    """The line normalized, or None when that leaves it empty or with a character outside the alphabet (such a line
+    is dropped whole: a sentence with a digit or a Latin word would teach the LM a broken word)."""
+    text = normalize(line)
+    return text if text and check(text, labels) is None else None
+
+
 def clean_lines(lines: Iterable[str], labels: tuple[str, ...] = LABELS) -> Iterator[str]:
-    """Normalized non-empty lines whose every character is in the alphabet (others are dropped whole: a sentence
-    with a digit or a Latin word would teach the LM a broken word)."""
-    for line in lines:
-        text = normalize(line)
-        if text and check(text, labels) is None:
-            yield text
+    """The lines that clean_line keeps, normalized."""
+    return filter(None, (clean_line(line, labels) for line in lines))
 
 
-def excluded(lines: Iterable[str], sentences: Iterable[str]) -> Iterator[str]:
-    """The lines that contain none of `sentences` as a run of whole words.
+Sentences = dict[tuple[str, ...], list[list[str]]]
 
-    Indexed by each sentence's first word pair, so a line costs a look-up per word, not one per sentence."""
-    by_start: dict[tuple[str, ...], list[list[str]]] = {}
+
+def sentence_index(sentences: Iterable[str]) -> Sentences:
+    """The sentences' words, indexed by their first word pair: a line then costs a look-up per word, not one per
+    sentence."""
+    by_start: Sentences = {}
     for s in sentences:
         words = s.split()
         if words:
             by_start.setdefault(tuple(words[:2]), []).append(words)
-    for line in lines:
-        words = line.split()
-        if not any(
-            words[i : i + len(s)] == s for i in range(len(words)) for s in by_start.get(tuple(words[i : i + 2]), ())
-        ):
-            yield line
+    return by_start
+
+
+def holds_sentence(line: str, by_start: Sentences) -> bool:
+    """Whether the line contains one of the indexed sentences as a run of whole words."""
+    words = line.split()
+    return any(words[i : i + len(s)] == s for i in range(len(words)) for s in by_start.get(tuple(words[i : i + 2]), ()))
+
+
+def excluded(lines: Iterable[str], sentences: Iterable[str]) -> Iterator[str]:
+    """The lines that contain none of `sentences` as a run of whole words."""
+    by_start = sentence_index(sentences)
+    return (line for line in lines if not holds_sentence(line, by_start))
 
 
 def _rows(path: str | os.PathLike, fields: Sequence[str]) -> Iterator[tuple[int, dict]]:
@@ -169,17 +185,22 @@ def build(
 def write_corpus(texts: Sequence[str | os.PathLike], drop: list[str], corpus: Path) -> int:
     """Write the normalized lines of `texts` that contain no `drop` sentence to `corpus`; returns how many.
 
-    LMError if there are none: KenLM would fail on an empty corpus with a cryptic MissingSentenceMarker."""
+    A line at a time, so a text of any size takes the memory of its longest line (a 300 MB text read whole took
+    1.3 to 7 GB as Python strings). LMError if none is kept: KenLM would fail on an empty corpus with a cryptic
+    MissingSentenceMarker."""
     kept = total = read = 0
+    by_start = sentence_index(drop)
     with open(corpus, "w", encoding="utf-8") as f:
         for text in texts:
-            lines = read_text(text)
-            read += len(lines)
-            cleaned = list(clean_lines(lines))
-            total += len(cleaned)
-            for line in excluded(cleaned, drop):
-                f.write(line + "\n")
-                kept += 1
+            for line in read_lines(text):
+                read += 1
+                clean = clean_line(line)
+                if clean is None:
+                    continue
+                total += 1
+                if not holds_sentence(clean, by_start):
+                    f.write(clean + "\n")
+                    kept += 1
     if not kept:
         why = "all contain an --exclude sentence" if total else "none wholly in the alphabet after normalization"
         raise LMError(f"{', '.join(map(str, texts))}: no usable lines ({read} lines, {why})")
@@ -192,8 +213,9 @@ def check_output(out: Path, inputs: Sequence[str | os.PathLike]) -> None:
     would replace an input (-o equal to the text, or NAME.json being one)."""
     if out in (vocab_path(out), settings_path(out)):
         raise LMError(f"{out}: an LM's name must not end in .words or .json (those files go beside it)", 2)
-    if out.exists() and not out.is_file() and not out.is_dir():
-        raise LMError(f"{out}: not a regular file (an LM is renamed into place)", 2)
+    for path in (out, vocab_path(out), settings_path(out)):  # a FIFO would block the write, a device take it
+        if path.exists() and not path.is_file() and not path.is_dir():
+            raise LMError(f"{path}: not a regular file (an LM, its .words and .json are renamed into place)", 2)
     try:
         for path in (out, vocab_path(out), settings_path(out)):
             check_not_input(path, list(inputs))
@@ -216,14 +238,15 @@ def exclusions(manifests: Sequence[str]) -> list[str]:
     return sentences
 
 
-def read_text(path: str | os.PathLike) -> list[str]:
-    """The lines of a text file (undecodable bytes replaced); LMError naming it if it cannot be read."""
+def read_lines(path: str | os.PathLike) -> Iterator[str]:
+    """The lines of a text file, one at a time (undecodable bytes replaced); LMError naming it if it cannot be read.
+    A FIFO is read too (`<(zcat text.gz)`)."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             mode = os.fstat(f.fileno()).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):  # /dev/zero would never end
                 raise LMError(f"{path}: not a regular file")
-            return f.readlines()
+            yield from f
     except OSError as e:
         why = "is a folder, not a text file" if isinstance(e, IsADirectoryError) else f"cannot read ({e.strerror})"
         raise LMError(f"{path}: {why}") from None
@@ -328,6 +351,29 @@ def _logprobs(tr, audio: Path, where: str) -> list:
         raise LMError(f"{where}: {e}") from None
 
 
+def in_range(lo: float, hi: float, kind: type = float) -> Callable[[str], float]:
+    """An argparse type: a finite number of `kind` (float or int) from lo to hi; argparse then names the option in
+    one line, exit 2, before any work (float() takes "nan" and "inf", which no weight or width can be)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and lo <= value <= hi):
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {what} from {lo:g} to {hi:g}, not {text!r}")
+        return value
+
+    return parse
+
+
+def setting(key: str, what: str, kind: type = float) -> dict:
+    """add_argument's type and help for a decoder setting: the range NAME.json may hold it in (decode.SETTINGS)."""
+    _, lo, hi = SETTINGS[key]
+    return {"type": in_range(lo, hi, kind), "help": f"{what}, {lo:g} to {hi:g}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m proslushka.lm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -336,7 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build a KenLM word n-gram model from text files")
     b.add_argument("text", nargs="+", help="text files, one sentence a line (normalized here)")
     b.add_argument("-o", "--output", required=True, help="the LM to write (NAME.bin; .words and .json beside it)")
-    b.add_argument("--order", type=int, default=3, help="n-gram order, 2 to 6 (default: %(default)s)")
+    b.add_argument(
+        "--order",
+        type=in_range(2, 6, int),
+        default=3,
+        help="n-gram order, 2 to 6 (tools/build_kenlm.sh builds KenLM for orders up to 6; default: %(default)s)",
+    )
     b.add_argument("--exclude", nargs="*", default=[], help="manifests whose sentences the LM must not see")
     b.add_argument("--arpa", action="store_true", help="write ARPA text instead of a quantized binary trie")
     b.add_argument("--kenlm_dir", help="where lmplz and build_binary are (default: PATH, then build/kenlm)")
@@ -344,16 +395,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--manifest", required=True, help="rows with audio_filepath and text (e.g. valid)")
     t.add_argument("--lm", required=True, help="the LM (NAME.bin or NAME.arpa)")
     t.add_argument("--model", default=str(DEFAULT_MODEL), help="ONNX model (default: models/demo.onnx)")
-    t.add_argument("--alpha", type=float, nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0])
-    t.add_argument("--beta", type=float, nargs="+", default=[0.0, 1.0, 2.0])
+    t.add_argument("--alpha", nargs="+", default=[1.0, 1.5, 2.0, 2.5, 3.0], **setting("alpha", "LM weights to try"))
+    t.add_argument("--beta", nargs="+", default=[0.0, 1.0, 2.0], **setting("beta", "word bonuses to try"))
+    beams = setting("beam_width", "beam widths to try", int)
+    beams["help"] += "; the first is used for the alpha/beta grid, the others are then tried at the best alpha/beta"
+    t.add_argument("--beam_width", nargs="+", default=[64, 32, 16], **beams)
     t.add_argument(
-        "--beam_width",
-        type=int,
-        nargs="+",
-        default=[64, 32, 16],
-        help="the first is used for the alpha/beta grid, the others are then tried at the best alpha/beta",
+        "--threads",
+        type=in_range(1, MAX_THREADS, int),
+        default=None,
+        help=f"onnxruntime intra-op threads, 1 to {MAX_THREADS} (default: all cores)",
     )
-    t.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     w = sub.add_parser("words", help="write a KenLM model's vocabulary (NAME.words, the decoder's lexicon)")
     w.add_argument("lm", help="the LM: ARPA text, or a KenLM binary (which stores its words at its end)")
     w.add_argument("-o", "--output", help="where to write it (default: NAME.words beside the LM)")
@@ -364,8 +416,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "build":
-            if not 2 <= args.order <= 6:
-                p.error("--order must be 2 to 6 (tools/build_kenlm.sh builds KenLM for orders up to 6)")
             settings = build(args.text, args.output, args.order, args.exclude, args.kenlm_dir, args.arpa)
             size = Path(args.output).stat().st_size / 1e6
             print(
@@ -381,11 +431,9 @@ def main(argv: list[str] | None = None) -> int:
             write_settings(args.lm, settings | best)
             print(f"wrote {settings_path(args.lm)}")
     except (DecoderError, ModelError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     except LMError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
+        return fail(e, e.code)
     return 0
 
 

@@ -22,13 +22,14 @@ from proslushka.decode import (
     DecoderError,
     arpa_words,
     binary_words,
+    ctc_words,
     load_settings,
     model_identity,
     parse_hotwords,
     tuned_for,
 )
 from proslushka.formats import as_dict
-from proslushka.infer import Transcriber, ctc_words
+from proslushka.infer import Transcriber
 from proslushka.lm import KENLM_DIR, LMError, clean_lines, excluded
 from proslushka.lm import build as lm_build
 from proslushka.text import LABELS

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from proslushka.cli import fail
+
 if TYPE_CHECKING:  # imported where used: --help should not wait for onnx
     import onnx
 
@@ -27,7 +29,7 @@ class ExportError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default="models/model.pt", help="checkpoint .pt (default: %(default)s)")
+    p.add_argument("--checkpoint", help="checkpoint .pt: train.py's runs/NAME/best.pt or transfer.py's output")
     p.add_argument("-o", "--output", help="ONNX file to write (default: the input's path with .onnx / .int8.onnx)")
     p.add_argument("--quantize", choices=["int8"], help="write an int8-quantized model")
     p.add_argument("--onnx", help="with --quantize: quantize this exported model instead of a checkpoint")
@@ -36,13 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if (args.onnx or args.calibration) and not args.quantize:
         p.error("--onnx and --calibration go with --quantize int8")
+    if not args.checkpoint and not args.onnx:  # no default: no command writes a fixed path to export from
+        p.error("--checkpoint is required: a .pt from train.py (runs/NAME/best.pt) or transfer.py (models/NAME.pt)")
     if not 1 <= args.calibration_clips <= 10_000:
         p.error("--calibration_clips must be in [1, 10000]")
     try:
         export(args)
     except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
+        return fail(e, e.code)
     return 0
 
 

@@ -154,6 +154,7 @@ def given(p: argparse.ArgumentParser, argv: list[str] | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when done or stopped cleanly; 2 for bad settings, a bad checkpoint or --out_dir; 1 for bad data."""
+    from proslushka.cli import fail
     from proslushka.settings import TrainError
 
     try:
@@ -162,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
         train(cfg)
     except TrainError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.code
+        return fail(e, e.code)
     return 0
 
 

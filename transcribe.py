@@ -16,6 +16,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from proslushka.cli import fail, os_error
+
 # the shipped demo model (models/README.md), found beside this script whatever the working directory
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
 # the shipped LM (a word 3-gram of ru-synth's lm.txt), used by default only with the model it was tuned for (by
@@ -26,6 +28,10 @@ AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".mkv", ".wma",
     ".aif", ".aiff", ".amr", ".3gp", ".caf", ".wv", ".ape", ".au", ".ac3",
 }  # fmt: skip
+# the most audio one onnxruntime run may hold: --batch_size chunks of up to --max_chunk_seconds each. Memory follows
+# it, not either number alone (the demo model on a 2-hour file: 0.12 GB peak at 1 chunk of 20 s, 0.50 GB at 32,
+# 0.90 GB at 64, 0.71 GB at 1 chunk of 640 s); batches of more than ~32 chunks were measured no faster on a CPU
+BATCH_SECONDS = 640
 SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a Unix tool whose reader went away (`| head`) exits with
 
 
@@ -56,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output_dir", help="write one file per input here (NAME.FORMAT, folder structure kept)")
     p.add_argument("-o", "--output", help="write all transcripts to this one file (default: stdout)")
     p.add_argument(
-        "--batch_size", type=at_least(1, int), default=1, help="chunks per onnxruntime run (default: %(default)s)"
+        "--batch_size",
+        type=at_least(1, int),
+        default=1,
+        help=f"chunks per onnxruntime run (default: %(default)s; at most {BATCH_SECONDS} s of audio a run: "
+        f"--batch_size times --max_chunk_seconds, i.e. {BATCH_SECONDS // 20} chunks of 20 s)",
     )
     p.add_argument(
         "--threads", type=at_least(0, int), default=None, help="onnxruntime intra-op threads (default: all cores)"
@@ -96,7 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         "--hotwords",
         help='words to favour, e.g. "прослушка:10,квартц" (weight 10 if not given); also words the LM has never seen',
     )
+    p.add_argument(
+        "--live",
+        metavar="FILE",
+        help="transcribe as the audio comes: '-' reads raw 16 kHz mono s16le PCM from stdin (ffmpeg -f pulse -i "
+        "default -ac 1 -ar 16000 -f s16le - | python transcribe.py --live -), a file is played in real time; "
+        "finals are printed line by line, the partial is shown in place on a terminal's stderr",
+    )
+    p.add_argument("--speed", type=at_least(0.01), default=1.0, help="--live FILE: play it this many times faster")
     args = p.parse_args(argv)
+    if args.live is not None:
+        if args.inputs or args.manifest or args.output or args.output_dir or args.report or args.format != "txt":
+            p.error("--live prints text lines on stdout: no other inputs, --manifest, outputs, --report or --format")
+        return live(args)
+    if (seconds := args.batch_size * args.max_chunk_seconds) > BATCH_SECONDS:
+        p.error(
+            f"--batch_size times --max_chunk_seconds is {seconds:.0f} s of audio a run, over the ceiling of "
+            f"{BATCH_SECONDS} s (memory grows with it)"
+        )
     if not args.inputs and not args.manifest:
         p.error("give audio files, folders or --manifest")
     if args.output and args.output_dir:
@@ -118,41 +145,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.output_dir:
             check_writable(Path(args.output_dir) / "probe")
     except OSError as e:
-        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
-        return 2
+        return fail(os_error(e), 2)
     try:
         items, problems = collect(args.inputs, args.manifest)
     except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     for problem in problems:
         print(problem, file=sys.stderr)
     try:
         for out, sources in outputs_and_sources(args, items):
             check_not_input(out, sources)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     if args.report and all(it.ref is None for it in items):  # the transcripts would go only to a report of nothing
-        print(f"error: {args.manifest}: no row has a text to score against", file=sys.stderr)
-        return 1
+        return fail(f"{args.manifest}: no row has a text to score against", 1)
     if not (args.output or args.output_dir or args.report) and sys.stdout is None:
-        print("error: stdout is closed; give -o/--output or --output_dir", file=sys.stderr)
-        return 1
+        return fail("stdout is closed; give -o/--output or --output_dir", 1)
     if args.format in ("srt", "vtt", "tsv") and not args.output_dir and len(items) + len(problems) > 1:
         p.error(f"--format {args.format} with several inputs needs --output_dir (one file each)")
     out_dir = Path(args.output_dir) if args.output_dir else None
     if out_dir:
         clash = [name for name, n in Counter(out_name(it, args.format) for it in items).items() if n > 1]
         if clash:
-            print(f"error: several inputs would write {out_dir / clash[0]}; give them separately", file=sys.stderr)
-            return 2
+            return fail(f"several inputs would write {out_dir / clash[0]}; give them separately", 2)
     try:
         tr = Transcriber(args.model, threads=args.threads, skip_silence=not args.keep_silence)
         setup_decoder(tr, args)
     except (ModelError, DecoderError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
 
     bar = progress(len(items))
     texts, scored, failed = [], [], len(problems)
@@ -196,15 +216,73 @@ def main(argv: list[str] | None = None) -> int:
             summary, table = report(scored)
             atomic_write(args.report, table)
     except OSError as e:
-        print(f"error: {e.filename or args.output or args.report}: cannot write ({e.strerror})", file=sys.stderr)
-        return 1
+        return fail(f"{e.filename or args.output or args.report}: cannot write ({e.strerror})", 1)
     if args.report and summary is None:
         why = "every transcribed row has an empty text" if scored else "no row with a text was read"
-        print(f"error: no reference words to score against: {why}", file=sys.stderr)
-        return 1
+        return fail(f"no reference words to score against: {why}", 1)
     if args.report:
         print(f"{summary}; {failed} inputs failed, not scored" if failed else summary, file=sys.stderr)
     return 1 if failed else 0
+
+
+def live(args: argparse.Namespace) -> int:
+    """--live: proslushka.stream over stdin's PCM or a file played at --speed; each final a line on stdout."""
+    import shutil
+    import time
+
+    from proslushka.audio import AudioError, stream_audio
+    from proslushka.decode import DecoderError
+    from proslushka.infer import ModelError, Transcriber
+    from proslushka.stream import Stream
+
+    tolerant_stderr()
+    try:
+        tr = Transcriber(args.model, threads=args.threads)
+        setup_decoder(tr, args)
+    except (ModelError, DecoderError) as e:
+        return fail(e, 2)
+    stream, rate = Stream(tr), tr.sample_rate
+
+    def blocks():
+        if args.live == "-":  # read1: whatever has come, so a slow producer is not waited on for a whole block
+            yield from iter(lambda: sys.stdin.buffer.read1(rate // 10 * 2), b"")  # 0.1 s
+            return
+        start, fed = time.monotonic(), 0
+        for block in stream_audio(args.live, rate, block_seconds=0.1):
+            fed += len(block)
+            time.sleep(max(start + fed / rate / args.speed - time.monotonic(), 0))  # as a microphone gives it
+            yield block
+
+    shown = sys.stderr.isatty()
+
+    def show(finals) -> None:
+        if shown:
+            sys.stderr.write("\r\033[K")  # the partial's line, cleared for the final
+        for f in finals:
+            if f.text:
+                sys.stdout.write(f.text + "\n")
+        sys.stdout.flush()
+
+    try:
+        partial = ""
+        for block in blocks():
+            finals = stream.accept(block)
+            if finals:
+                show(finals)
+                partial = ""
+            elif shown and (text := stream.partial()) != partial:
+                partial, width = text, shutil.get_terminal_size().columns - 1
+                sys.stderr.write("\r\033[K" + text[-width:])
+                sys.stderr.flush()
+        show(stream.finish())
+    except AudioError as e:
+        return fail(e, 1)
+    except KeyboardInterrupt:  # Ctrl-C ends the recording: what was said so far is still printed
+        show(stream.finish())
+        return 130
+    except OSError as e:
+        return stdout_failed(e)
+    return 0
 
 
 def at_least(lo: float, kind: type = float):
@@ -262,8 +340,7 @@ def stdout_failed(e: OSError) -> int:
         pass
     if isinstance(e, BrokenPipeError):
         return SIGPIPE_EXIT
-    print(f"error: stdout: cannot write ({e.strerror or e})", file=sys.stderr)
-    return 1
+    return fail(f"stdout: cannot write ({e.strerror or e})", 1)
 
 
 def setup_decoder(tr, args: argparse.Namespace) -> None:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from proslushka.cli import fail, os_error
 from proslushka.features import VALID_FRAMES
 
 
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # transfer.py v.nemo -o v.nemo would replace the .nemo with a checkpoint; golos -o its cached download too
         check_not_input(out, [source])
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     try:
         check_writable(out)
         if args.nemo == "golos":
@@ -74,14 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             source = fetch(MODEL, download, args.url)
         nm = load_nemo(source)
     except FetchError as e:  # exit 1: the input could not be had; 2: a bad .nemo or output path
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e, 1)
     except NemoError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     except OSError as e:
-        print(f"error: {e.filename or out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return fail(os_error(e, out), 2)
     cfg, feat, labels = nm.model_config, nm.feature_config, nm.labels
     notes = list(nm.notes)
     if args.normalize != "keep" and args.normalize != feat.normalize:
@@ -130,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a full disk (or -o /dev/full): atomic_write leaves no partial file, and this is the one line about it
         checkpoint.save(out, checkpoint.make(model, feat, labels, source=str(source)))
     except OSError as e:
-        print(f"error: {e.filename or out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return fail(os_error(e, out), 2)
     print(f"wrote {out}")
     return 0
 

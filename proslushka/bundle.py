@@ -30,6 +30,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from .cli import fail
+
 PACKAGE = Path(__file__).resolve().parent
 # soundfile needs cffi (its _cffi_backend) and typing_extensions at run time; soxr resamples what is not 16 kHz
 DEPENDENCIES = ("numpy", "onnxruntime", "soundfile", "cffi", "typing_extensions", "soxr")
@@ -296,32 +298,26 @@ def main(argv: list[str] | None = None) -> int:
     else:
         lm = None if args.lm in ("none", None) else Path(args.lm)
     if lm is not None and not lm.is_file():
-        print(f"error: {lm}: no such language model (--lm none for a greedy bundle)", file=sys.stderr)
-        return 2
+        return fail(f"{lm}: no such language model (--lm none for a greedy bundle)", 2)
     try:  # a binary without NAME.words gets its stored words in the bundle: checked now, not after the downloads
         if lm is not None and not vocab_path(lm).is_file():
             stored_words(lm, lm_kind(lm))
     except DecoderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     ffmpeg = None if args.no_ffmpeg else Path(args.ffmpeg)
     this_python = args.python == f"{sys.version_info.major}.{sys.version_info.minor}"
     if not model.is_file():
-        print(f"error: {model}: no such model file", file=sys.stderr)
-        return 2
+        return fail(f"{model}: no such model file", 2)
     if ffmpeg and not ffmpeg.is_file():
-        print(
-            f"error: {ffmpeg}: no such ffmpeg file; build it with tools/build_ffmpeg.sh (or --no_ffmpeg for a "
+        return fail(
+            f"{ffmpeg}: no such ffmpeg file; build it with tools/build_ffmpeg.sh (or --no_ffmpeg for a "
             "bundle that reads only wav, flac, ogg, opus and mp3)",
-            file=sys.stderr,
+            2,
         )
-        return 2
     if ffmpeg and ffmpeg.read_bytes()[:4] != b"\x7fELF":
-        print(f"error: {ffmpeg}: not a Linux executable", file=sys.stderr)
-        return 2
+        return fail(f"{ffmpeg}: not a Linux executable", 2)
     if args.site_packages and not (this_python and sys.platform == "linux"):
-        print("error: --site_packages copies this Python's packages: run it on Linux with --python", file=sys.stderr)
-        return 2
+        return fail("--site_packages copies this Python's packages: run it on Linux with --python", 2)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         stage(folder, model, ffmpeg, args.python, args.site_packages, lm)
@@ -336,12 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                     t = smoke_test(folder, names)
                 lines = check_answers(t["answers"])
             except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-                print(f"error: smoke test: {e}", file=sys.stderr)
-                return 1
+                return fail(f"smoke test: {e}", 1)
             if t["lm"] != (lm is not None):
                 what = "ignores the" if lm else "loads a"
-                print(f"error: smoke test: the handler {what} language model", file=sys.stderr)
-                return 1
+                return fail(f"smoke test: the handler {what} language model", 1)
             print(
                 f"smoke test (cold start): import {t['import']:.2f} s, model {'and LM ' if lm else ''}load "
                 f"{t['session']:.2f} s, first request {t['request']:.2f} s; the whole process {t['process']:.2f} s",

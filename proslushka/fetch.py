@@ -153,10 +153,10 @@ def _download_once(url: str, part: Path, progress: bool, label: str) -> bool:
                 while block := response.read(CHUNK):
                     f.write(block)
                     have += len(block)
-                    if bar:
+                    if bar is not None:  # not `if bar`: a tqdm without a total (no Content-Length) has no truth value
                         bar.update(len(block))
         finally:
-            if bar:
+            if bar is not None:
                 bar.close()
     return total is None or have >= total
 

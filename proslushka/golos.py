@@ -11,15 +11,23 @@ checkpoint is also on OpenSLR (resource 114, gzipped), the last mirrors tried.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import lzma
+import os
 import re
+import stat
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
+from typing import IO
 
-from .fetch import FetchError, Remote, cache_dir, fetch
+from .cli import fail, os_error
+from .fetch import CHUNK, FetchError, Remote, cache_dir, fetch
 from .files import atomic_write
+from .manifest import one_line
 
 _README_HOSTS = (
     "https://cdn.chatwm.opensmodel.sberdevices.ru/golos/",  # the README since 2025-05 ("to be updated")
@@ -46,6 +54,9 @@ DOMAINS = ("crowd", "farfield")
 # WER % from the Golos README: greedy, and beam search with the Common Crawl + Golos 3-gram KenLM (50/50)
 PUBLISHED = {"greedy": {"crowd": 4.389, "farfield": 14.949}, "lm": {"crowd": 3.318, "farfield": 11.488}}
 ROOT = Path(__file__).resolve().parent.parent
+# the largest member unpacked: Golos's test clips are seconds of 16 kHz 16-bit WAV (32 kB a second) and its manifests
+# a few MB, so 32 MB (about 17 minutes of such audio) is far above any, and bounds what a hostile archive makes us write
+MAX_MEMBER = 32_000_000
 # a member of test.tar that we unpack: DOMAIN/NAME.jsonl or DOMAIN/files/NAME.wav, under any leading folders
 _MEMBER = re.compile(r"(?:[\w.-]+/)*?(crowd|farfield)/((?:files/)?[\w.-]+\.(?:jsonl|wav|opus|flac))")
 
@@ -54,31 +65,89 @@ def unpack_test(tar_path: Path, out: Path) -> dict[str, Path]:
     """The crowd and farfield manifests of a Golos test.tar, unpacked into `out` (once: a second call reuses it).
 
     Members are never written under their own names: only regular files whose names match DOMAIN/NAME.jsonl or
-    DOMAIN/files/NAME.wav (word characters, dots and dashes) are copied, to paths we build from those parts.
+    DOMAIN/files/NAME.wav (word characters, dots and dashes) are copied, in blocks, to paths we build from those
+    parts, and none over MAX_MEMBER. An archive that cannot be used raises FetchError (one line), and what was
+    unpacked from it is deleted.
     """
     done = out / "unpacked.json"
     if done.is_file():
         return {d: out / p for d, p in json.loads(done.read_text()).items()}
-    manifests: dict[str, Path] = {}
+    try:  # a FIFO or a device (/dev/zero) would be read forever
+        if not stat.S_ISREG(os.stat(tar_path).st_mode):
+            raise FetchError(f"{tar_path}: not a regular file (a device, FIFO or folder); give the test.tar file")
+    except OSError as e:
+        raise FetchError(f"{tar_path}: {e.strerror}") from None
+    written: list[Path] = []
     try:
-        with tarfile.open(tar_path, "r:*") as tar:
+        manifests = _unpack(tar_path, out, written)
+        missing = [d for d in DOMAINS if d not in manifests]
+        if missing:
+            raise FetchError(f"{tar_path}: no {' or '.join(missing)} manifest (DOMAIN/DOMAIN.jsonl) in the archive")
+        atomic_write(done, json.dumps({d: str(p.relative_to(out)) for d, p in manifests.items()}))
+    except BaseException:  # without unpacked.json what was unpacked is never used: remove it rather than keep GBs
+        _remove(written, out)
+        raise
+    return manifests
+
+
+def _remove(written: list[Path], out: Path) -> None:
+    """Delete the files an unpack wrote and the folders that leaves empty, and nothing else (`out` may hold the
+    test.tar itself)."""
+    folders = {out}
+    for path in written:
+        path.unlink(missing_ok=True)
+        folders.update(p for p in path.parents if p.is_relative_to(out))
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty
+            folder.rmdir()
+
+
+def _unpack(tar_path: Path, out: Path, written: list[Path]) -> dict[str, Path]:
+    try:
+        tar = tarfile.open(tar_path, "r:*")
+    except tarfile.ReadError:  # its message lists each compression tried, one line each
+        raise FetchError(f"{tar_path}: not a tar archive (plain, gzip, bzip2 or xz)") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        raise FetchError(f"{tar_path}: not a readable tar ({one_line(e)})") from None
+    manifests: dict[str, Path] = {}
+    with tar:
+        try:
             for member in tar:
                 m = _MEMBER.fullmatch(member.name.removeprefix("./"))
                 if not (m and member.isfile()) or ".." in m.group(2):
                     continue
+                if member.size > MAX_MEMBER:
+                    raise FetchError(
+                        f"{tar_path}: {one_line(member.name, 100)} is {round(member.size / 1e6, 1):g} MB, over the "
+                        f"{round(MAX_MEMBER / 1e6, 1):g} MB a Golos test clip or manifest can be; not Golos's test.tar?"
+                    )
                 dest = out / m.group(1) / m.group(2)
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(member)
-                atomic_write(dest, src.read() if src else b"")
+                written.append(dest)
+                _copy(tar.extractfile(member), dest)
                 if dest.suffix == ".jsonl" and "/" not in m.group(2):
                     manifests.setdefault(m.group(1), dest)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise FetchError(f"{tar_path}: not a readable tar ({e})") from None
-    missing = [d for d in DOMAINS if d not in manifests]
-    if missing:
-        raise FetchError(f"{tar_path}: no {' or '.join(missing)} manifest (DOMAIN/DOMAIN.jsonl) in the archive")
-    atomic_write(done, json.dumps({d: str(p.relative_to(out)) for d, p in manifests.items()}))
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+            raise FetchError(f"{tar_path}: not a readable tar ({one_line(e)})") from None
     return manifests
+
+
+def _copy(src: IO[bytes] | None, dest: Path) -> None:
+    """A member's bytes into `dest`, a block at a time (a member is never held whole). A failed write raises
+    FetchError naming `dest`, so that a full disk is not reported as a damaged archive."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as f:
+            while src is not None and (block := _read(src)):
+                f.write(block)
+    except OSError as e:
+        raise FetchError(f"{e.filename or dest}: cannot unpack the test set ({e.strerror or e})") from None
+
+
+def _read(src: IO[bytes]) -> bytes:
+    try:
+        return src.read(CHUNK)
+    except OSError as e:  # the archive's side (a gzip stream that breaks off): not a write error
+        raise tarfile.ReadError(str(e)) from None
 
 
 def word_error_rate(report_tsv: Path) -> tuple[float, int]:
@@ -134,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cache = Path(args.cache_dir) if args.cache_dir else cache_dir()
     if not Path(args.model).is_file():
-        print(f"error: {args.model}: no such model (transfer.py golos, then export.py)", file=sys.stderr)
-        return 2
+        return fail(f"{args.model}: no such model (transfer.py golos, then export.py)", 2)
     try:
         tar_path = Path(args.test_tar) if args.test_tar else fetch(TEST, cache, args.url)
         manifests = unpack_test(tar_path, cache / "golos_test")
@@ -149,11 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                 report = out / f"{domain}-{kind}.tsv"
                 results.setdefault(kind, {})[domain] = evaluate(manifest, args.model, report, extra)
     except FetchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e, 1)
     except OSError as e:
-        print(f"error: {e.filename or args.out_dir}: {e.strerror}", file=sys.stderr)
-        return 1
+        return fail(os_error(e, args.out_dir), 1)
     text = table(results)
     atomic_write(out / "table.txt", text + "\n")
     print(text)

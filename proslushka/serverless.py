@@ -126,18 +126,30 @@ def audio_bytes(event: Any, max_bytes: float = LIMITS["PROSLUSHKA_MAX_BODY_MB"] 
     if event.get("isBase64Encoded"):
         raw = _base64(body, "the body")
     elif body.lstrip().startswith("{"):
-        raw = body.encode("utf-8")
+        raw = body.encode("utf-8", "surrogatepass")  # a lone surrogate (a "\\ud800" in the event) as json.loads lets it
     else:  # a client that sent the base64 of the audio as a text body
         raw = _base64(body, "the body")
     if raw.lstrip()[:1] != b"{":  # no audio format starts with "{"
         return raw
-    try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise RequestError("the body is not valid JSON") from None
+    payload = _json(raw)
     if not isinstance(payload, dict) or "audio_base64" not in payload:
         raise RequestError("the JSON body has no audio_base64")
     return _base64(payload["audio_base64"], "audio_base64")
+
+
+def _json(raw: bytes) -> Any:
+    """The body parsed as JSON, or a RequestError saying why not: each way json.loads fails on hostile input."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        why = f"{e.msg} at line {e.lineno} column {e.colno}"
+    except UnicodeDecodeError:
+        why = "not UTF-8"
+    except RecursionError:  # arrays or objects nested thousands deep
+        why = "nested too deeply"
+    except ValueError:  # Python's limit on int() of a long digit string (4300 digits by default)
+        why = "a number too long"
+    raise RequestError(f"the body is not valid JSON ({why})")
 
 
 def _base64(value: Any, what: str) -> bytes:

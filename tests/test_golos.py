@@ -22,7 +22,8 @@ from proslushka.fetch import FetchError, Remote
 
 class Files(BaseHTTPRequestHandler):
     """GET /NAME serves FILES[NAME] with Range support; /redirect/NAME answers 302 to /NAME; /cut/NAME sends half
-    of the file and drops the connection the first time it is asked, then serves normally."""
+    of the file and drops the connection the first time it is asked, then serves normally; /nolength/NAME sends it
+    without a Content-Length (the end of the file is the end of the connection), as some mirrors do."""
 
     files: dict[str, bytes] = {}
     cut_done: set[str] = set()
@@ -41,9 +42,14 @@ class Files(BaseHTTPRequestHandler):
             self.end_headers()
             return
         cut = path.startswith("cut/") and path not in self.cut_done
-        data = self.files.get(path.removeprefix("cut/"))
+        data = self.files.get(path.removeprefix("cut/").removeprefix("nolength/"))
         if data is None:
             self.send_error(404)
+            return
+        if path.startswith("nolength/"):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(data)
             return
         start = int(self.headers["Range"].split("=")[1].split("-")[0]) if self.headers.get("Range") else 0
         self.send_response(206 if start else 200)
@@ -117,6 +123,14 @@ def test_interrupted_download_resumes_in_the_next_run(tmp_path, server):
     got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/m.nemo"], progress=False)
     assert got.read_bytes() == data and Files.requests[0][1] == "bytes=123456-"
     assert not (tmp_path / "m.nemo.part").exists()
+
+
+def test_a_mirror_without_content_length_downloads_with_a_bar_of_bytes_counted(tmp_path, server, capsys):
+    data = np.random.default_rng(6).bytes(3_000_000)
+    Files.files["m.nemo"] = data
+    got = fetch.fetch(_remote("m.nemo", data), tmp_path, [f"{server}/nolength/m.nemo"], progress=True)
+    assert got.read_bytes() == data and Files.requests == [("/nolength/m.nemo", None)]
+    assert "m.nemo: " in capsys.readouterr().err  # the bar was drawn, with no total to show
 
 
 def test_dead_mirror_falls_through_to_the_next(tmp_path, server):

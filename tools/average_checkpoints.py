@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from proslushka import checkpoint
+    from proslushka.cli import fail, os_error
     from proslushka.files import check_not_input, check_writable
 
     try:
@@ -35,11 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         averaged = checkpoint.average(ckpts, args.checkpoints)
         checkpoint.save(args.output, averaged)
     except ValueError as e:  # CheckpointError, and check_not_input's refusal
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e, 1)
     except OSError as e:
-        print(f"error: {e.filename or args.output}: {e.strerror}", file=sys.stderr)
-        return 1
+        return fail(os_error(e, args.output), 1)
     print(f"wrote {args.output}: the mean of {len(ckpts)} checkpoints")
     return 0
 

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from proslushka import checkpoint
     from proslushka.audio import AudioError
+    from proslushka.cli import fail, os_error
     from proslushka.grow import GrowError, calibrate, grow
     from proslushka.model import count_parameters, preset
     from proslushka.onnx_import import manifest_clips
@@ -41,23 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src, feature_config, labels, _ = checkpoint.load_model(args.checkpoint)
     except checkpoint.CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     try:
         target = preset(args.model, num_classes=src.cfg.num_classes)
     except ValueError as e:  # an unknown preset
-        print(f"error: --model: {e}", file=sys.stderr)
-        return 2
+        return fail(f"--model: {e}", 2)
     try:
         model, new_bns = grow(src, target, seed=args.seed, noise=args.noise)
     except GrowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e, 2)
     try:
         n = calibrate(model, new_bns, manifest_clips(args.calibrate, labels, feature_config, args.clips))
     except (OSError, ValueError, AudioError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e, 1)
     print(
         f"grew {count_parameters(src):,} -> {count_parameters(model):,} parameters ({args.model}); "
         f"{len(new_bns)} new sub-blocks calibrated on {n} clips of {args.calibrate}"
@@ -65,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         checkpoint.save(args.output, checkpoint.make(model, feature_config, labels, source=str(args.checkpoint)))
     except OSError as e:
-        print(f"error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return fail(os_error(e, args.output), 1)
     print(f"wrote {args.output}")
     return 0
 

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from proslushka import checkpoint
     from proslushka.audio import AudioError
+    from proslushka.cli import fail, os_error
     from proslushka.files import check_not_input, check_writable
     from proslushka.onnx_import import OnnxImportError, calibrate_batchnorm, from_onnx, manifest_clips
 
@@ -39,28 +40,23 @@ def main(argv: list[str] | None = None) -> int:
         check_not_input(args.output, [args.onnx, *([args.calibrate] if args.calibrate else [])])
         check_writable(args.output)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return fail(e, 1)
     except OSError as e:
-        print(f"error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return fail(os_error(e, args.output), 1)
     try:
         model, feature_config, labels = from_onnx(args.onnx)
     except (OSError, OnnxImportError, ValueError) as e:
-        print(f"error: {args.onnx}: {e}", file=sys.stderr)
-        return 1
+        return fail(f"{args.onnx}: {e}", 1)
     if args.calibrate:
         try:
             n = calibrate_batchnorm(model, manifest_clips(args.calibrate, labels, feature_config, args.clips))
         except (OSError, ValueError, AudioError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+            return fail(e, 1)
         print(f"BatchNorm statistics from {n} clips of {args.calibrate}")
     try:
         checkpoint.save(args.output, checkpoint.make(model, feature_config, labels, source=str(args.onnx)))
     except OSError as e:  # the disk filled up meanwhile: atomic, so nothing half-written
-        print(f"error: {e.filename or args.output}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return fail(os_error(e, args.output), 1)
     print(f"wrote {args.output}")
     return 0
 

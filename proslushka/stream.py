@@ -1,0 +1,219 @@
+"""Live transcription: PCM blocks of any size in, partial text while speech goes on and final segments at pauses.
+
+The method is VAD endpointing with re-decoding. The audio is cut into chunks of speech exactly as segment.split
+cuts a file for transcribe.py (the same detector, frame grid, margins, pause length and 20 s limit; Chunker below
+is split turned inside out, so that it can be fed), and each chunk is decoded whole when it ends, with the
+transcriber's own model, LM and hotwords: a final is what transcribe.py gives for that stretch of speech, word
+times included. While a chunk grows, it is decoded from its start again at most every `partial_seconds` of new
+audio for the partial text. A chunk ends 0.62 s into a pause (segment.GAP_SECONDS on the model's 20 ms frame grid).
+
+Numpy and onnxruntime only (no torch). One Transcriber serves any number of streams, but one call at a time: its
+beam decoder keeps state inside a decode, so callers on several threads must take turns (serve.py runs every call
+on one worker thread).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+from .audio import MIN_SAMPLE_RATE
+from .features import num_frames
+from .infer import Transcriber, Word
+from .segment import GAP_SECONDS, MARGIN_SECONDS, MAX_CHUNK_SECONDS, SEARCH_SECONDS, pause_cut
+from .vad import SpeechDetector, frame_energy_db
+
+PARTIAL_SECONDS = 0.4  # a partial is decoded again after this much new audio (the speech so far, from its start)
+MAX_SAMPLE_RATE = 384000  # Hz: the highest rate a sound card records; more is a misread config
+
+
+@dataclass
+class Segment:
+    """A final: one chunk of speech (start and end in seconds from the start of the stream) and its words."""
+
+    text: str
+    start: float
+    end: float
+    words: list[Word]
+
+
+class Chunker:
+    """segment.split(..., skip_silence=True) fed block by block: push() returns the chunks that a block completes,
+    flush() the last one, current() the chunk being built. The chunks are split's, sample for sample, whatever the
+    blocks' sizes (tests/test_stream.py checks it); the constants and the pause search are segment.py's."""
+
+    def __init__(self, sample_rate: int, max_seconds: float = MAX_CHUNK_SECONDS, align: int = 320):
+        if not 0 < max_seconds < 1e9:
+            raise ValueError(f"max_seconds must be a positive number of seconds, not {max_seconds}")
+        self.frame = frame = align
+        self.limit = max(int(max_seconds * sample_rate) // frame, 1)  # in frames, as split counts
+        self.search = max(self.limit - int(SEARCH_SECONDS * sample_rate) // frame, 1)
+        self.margin = int(MARGIN_SECONDS * sample_rate) // frame
+        self.gap = max(int(GAP_SECONDS * sample_rate) // frame, 2 * self.margin + 1)
+        self.detector = SpeechDetector(frame / sample_rate)
+        self.chunk: list[np.ndarray] = []  # frames of the chunk being built; it starts at sample self.start
+        self.lead: deque[np.ndarray] = deque(maxlen=self.margin)  # silent frames before speech: a chunk's lead-in
+        self.start = self.pos = self.quiet = 0
+        self.rest = np.zeros(0, np.float32)  # samples short of a whole frame, for the next block
+
+    def push(self, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(first sample, samples) of each chunk that this block of float32 samples completes."""
+        x = np.concatenate([self.rest, block]) if len(self.rest) else block
+        n = len(x) // self.frame * self.frame
+        self.rest = x[n:].copy()
+        if not n:
+            return []
+        active = self.detector.active(frame_energy_db(x[:n], self.frame))
+        frames = np.split(x[:n], n // self.frame)
+        return [c for f, speech in zip(frames, active, strict=True) if (c := self._step(f, bool(speech)))]
+
+    def flush(self) -> list[tuple[int, np.ndarray]]:
+        """The chunks still held, at the end of the stream (split's last steps: a short last frame is no speech)."""
+        out = [c] if len(self.rest) and (c := self._step(self.rest, False)) else []
+        self.rest = np.zeros(0, np.float32)
+        if self.chunk:
+            keep = len(self.chunk) - max(self.quiet - self.margin, 0)
+            out.append((self.start, np.concatenate(self.chunk[:keep])))
+            self.chunk, self.quiet = [], 0
+        return out
+
+    def current(self) -> tuple[int, np.ndarray] | None:
+        """The chunk being built (speech has started and not yet paused long enough), or None."""
+        return (self.start, np.concatenate(self.chunk)) if self.chunk else None
+
+    def _step(self, f: np.ndarray, speech: bool) -> tuple[int, np.ndarray] | None:
+        """One frame through split's loop body; the chunk it completes, if any."""
+        out = None
+        if not self.chunk and not speech:
+            self.lead.append(f)
+        else:
+            if not self.chunk:
+                self.chunk, self.start = [*self.lead, f], self.pos - len(f) * len(self.lead)
+                self.lead.clear()
+            else:
+                self.chunk.append(f)
+            self.quiet = 0 if speech else self.quiet + 1
+            if self.quiet >= self.gap:  # a long pause: the chunk ends `margin` frames into it
+                out = self.start, np.concatenate(self.chunk[: len(self.chunk) - self.quiet + self.margin])
+                self.lead.extend(self.chunk[-self.margin :] if self.margin else [])
+                self.chunk, self.quiet = [], 0
+            elif len(self.chunk) > self.limit:
+                lo, hi = self.search, self.limit
+                at = pause_cut(np.concatenate(self.chunk[lo:hi]), 0, (hi - lo) * self.frame, self.frame)
+                cut = max(at // self.frame, 1) + lo
+                out = self.start, np.concatenate(self.chunk[:cut])
+                self.start += cut * self.frame
+                self.chunk = self.chunk[cut:]
+        self.pos += len(f)
+        return out
+
+
+class Stream:
+    """One live stream: accept() blocks of PCM, partial() for the speech so far, finish() at the end.
+
+    Blocks are float32 in [-1, 1], int16, or bytes of 16-bit little-endian PCM (an odd last byte waits for the next
+    block), at `sample_rate` (other rates than the model's are resampled as they come, with soxr as audio.py does).
+    """
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        sample_rate: int | float | None = None,
+        partial_seconds: float = PARTIAL_SECONDS,
+        max_seconds: float = MAX_CHUNK_SECONDS,
+    ):
+        self.tr = transcriber
+        rate = transcriber.sample_rate
+        self.sample_rate = rate if sample_rate is None else sample_rate
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:  # NaN fails too
+            raise ValueError(f"sample_rate must be from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz, not {sample_rate}")
+        self.resampler = (
+            soxr.ResampleStream(self.sample_rate, rate, 1, dtype="float32", quality="HQ")
+            if self.sample_rate != rate
+            else None
+        )
+        align = transcriber.feature_config.hop_length * transcriber.stride  # the model's frame, as infer cuts
+        self.chunker = Chunker(rate, max_seconds, align)
+        self.partial_every = max(round(partial_seconds * rate), 1)
+        self.samples = 0  # at the model's rate, so far
+        self.odd = b""  # a byte of a 16-bit sample split between two blocks
+        self.partial_text, self.partial_at = "", -1  # the last partial and the chunk length it was decoded at
+
+    def accept(self, block: np.ndarray | bytes | bytearray | memoryview) -> list[Segment]:
+        """Take a block of audio; return the finals it completes (mostly none)."""
+        x = self._samples(block)
+        if self.resampler is not None:
+            x = self.resampler.resample_chunk(x)
+        self.samples += len(x)
+        return self._finals(self.chunker.push(x))
+
+    def partial(self, decode: bool = True) -> str:
+        """The text of the speech since the last final: decoded again when the chunk has grown by partial_seconds
+        since the last decode (and `decode` allows it: a busy server sheds partials first), else the last one."""
+        current = self.chunker.current()
+        if current is None:
+            self.partial_text, self.partial_at = "", -1
+            return ""
+        start, audio = current
+        if decode and (self.partial_at < 0 or len(audio) - self.partial_at >= self.partial_every):
+            self.partial_text = " ".join(w.word for w in chunk_words(self.tr, start, audio))
+            self.partial_at = len(audio)
+        return self.partial_text
+
+    def finish(self) -> list[Segment]:
+        """The end of the stream: the finals of what is still held. More audio may follow (Vosk's reset): it
+        continues the stream's clock, as after a long pause."""
+        chunks = []
+        if self.resampler is not None:
+            tail = self.resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self.resampler.clear()
+            self.samples += len(tail)
+            chunks = self.chunker.push(tail)
+        self.odd = b""
+        return self._finals(chunks + self.chunker.flush())
+
+    @property
+    def seconds(self) -> float:
+        """Audio taken so far, in seconds."""
+        return self.samples / self.tr.sample_rate
+
+    def _samples(self, block) -> np.ndarray:
+        if isinstance(block, (bytes, bytearray, memoryview)):
+            data = self.odd + bytes(block)
+            n = len(data) // 2 * 2
+            self.odd = data[n:]
+            return np.frombuffer(data[:n], dtype="<i2").astype(np.float32) / 32768
+        x = np.asarray(block)
+        if x.ndim != 1:
+            raise ValueError(f"a block must be one channel of samples, not an array of shape {x.shape}")
+        if x.dtype == np.int16:
+            return x.astype(np.float32) / 32768
+        if x.dtype.kind != "f":
+            raise ValueError(f"a block must be float32 or int16 samples, not {x.dtype}")
+        if not np.isfinite(x).all():
+            raise ValueError("a block holds NaN or infinite samples")
+        return x.astype(np.float32, copy=False)
+
+    def _finals(self, chunks: list[tuple[int, np.ndarray]]) -> list[Segment]:
+        out = []
+        for start, audio in chunks:
+            self.partial_text, self.partial_at = "", -1
+            words = chunk_words(self.tr, start, audio)
+            rate = self.tr.sample_rate
+            out.append(Segment(" ".join(w.word for w in words), start / rate, (start + len(audio)) / rate, words))
+        return out
+
+
+def chunk_words(tr: Transcriber, start: int, audio: np.ndarray) -> list[Word]:
+    """The words of one chunk of speech (its first sample `start`), times from the start of the stream, as
+    Transcriber.transcribe_many finds them (infer.py's _chunks and _run for one chunk, which it does not expose)."""
+    if num_frames(len(audio), tr.feature_config) <= 0:  # no valid frame: the model hears nothing
+        return []
+    rate = tr.sample_rate
+    words = tr.words_of(tr.logprobs([audio])[0], start / rate)
+    for w in words:  # the last output frame can reach past the audio by up to one frame
+        w.end = min(w.end, (start + len(audio)) / rate)
+    return words

@@ -57,6 +57,21 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def memory_available(device: torch.device) -> int | None:
+    """Bytes a training on `device` may use: a GPU's total memory, or the memory the OS has available (Linux's
+    MemAvailable); None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def rng_state() -> dict[str, Any]:
     # plain types and tensors only: the checkpoint must load with weights_only=True
     np_state = np.random.get_state()

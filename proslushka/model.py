@@ -208,5 +208,15 @@ class QuartzNet(nn.Module):
         nn.init.zeros_(self.decoder.bias)
 
 
+def training_bytes(model: QuartzNet, padded_seconds: float) -> int:
+    """Peak memory of a training step in fp32 with `padded_seconds` of audio in the batch (batch size x its longest
+    clip): the run's base, the weights with their gradients and AdamW moments, and the activations kept for the
+    backward pass, which grow with the channels every layer of every block carries. Fitted to bench/train_memory.py
+    (CPU; 15x5, medium and small at 40-640 s of padded audio: within 7% but one point, over by 31%)."""
+    width = sum(b.repeat * b.filters for b in model.cfg.blocks)
+    per_second = 1350 * width + (1 << 20)
+    return (300 << 20) + 16 * count_parameters(model) + round(per_second * padded_seconds)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

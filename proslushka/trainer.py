@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import sys
 import time
@@ -32,6 +33,7 @@ from .distributed import (
     any_rank,
     gather,
     ignore_signals,
+    memory_available,
     pick_device,
     rng_state,
     set_rng_state,
@@ -40,7 +42,7 @@ from .distributed import (
 )
 from .features import FeatureConfig, LogMel
 from .metrics import cer, wer
-from .model import QuartzNet, count_parameters, preset
+from .model import QuartzNet, count_parameters, preset, training_bytes
 from .rundir import RunDir
 from .settings import RESUME_FIXED, TrainConfig, TrainError, check_config, describe_schedule, lr_lambda, plan_schedule
 from .text import ctc_collapse, decode
@@ -151,6 +153,7 @@ class Trainer:
             )
         for line in describe_schedule(cfg, self.schedule, self.dist.world):
             self.log(line)
+        self.log(self._memory_line())
 
     # ---- setup
 
@@ -190,6 +193,27 @@ class Trainer:
         )
         self.schedule = plan_schedule(cfg, len(self.sampler))
         self.total_steps = self.schedule.total_steps
+
+    def _memory_line(self) -> str:
+        """The largest batch's likely peak memory, and a warning when it would not fit: 15x5 at batch 32 of 20 s
+        clips wants ~28 GB on a CPU, and an out-of-memory kill comes with no message at all."""
+        cfg, longest = self.cfg, max(self.dataset.durations)
+        padded = longest * cfg.batch_size if cfg.batch_size else math.inf
+        if cfg.batch_seconds:  # the sampler's budget; a clip longer than it gets a batch of its own
+            padded = min(padded, max(cfg.batch_seconds, longest))
+        need = training_bytes(self.model, padded)
+        if self.device.type == "cpu":  # every rank of a torchrun on this machine holds its own
+            need *= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        have = memory_available(self.device)
+        line = f"memory: ~{need / 2**30:.1f} GB for the largest batch ({padded:.0f} s of padded audio, fp32)"
+        if have is not None and need > 0.9 * have:
+            fit = max(1.0, padded * 0.8 * have / need)
+            line = (
+                f"warning: {line.removeprefix('memory: ')}, and {self.device.type} has {have / 2**30:.1f} GB: it is "
+                f"likely not to fit; --batch_seconds {fit:.0f} (or a smaller --batch_size, with --accumulate to keep "
+                "the step's size) should fit"
+            )
+        return line
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         t = ckpt["trainer"]  # the model's weights came with it in checkpoint.unpack

@@ -95,3 +95,26 @@ def test_resume_alone_continues_with_the_saved_settings(tmp_path):
     )
     r = _train_cli("--model", "tiny", cwd=ROOT)
     assert r.returncode == 2 and "--train_manifest is required (or --resume a run's last.pt)" in r.stderr
+
+
+def test_the_memory_estimate_follows_the_measured_peaks():
+    # bench/train_memory.py on this CPU (fp32, MiB): 15x5 at 4 x 10 s and 8 x 20 s; small at 32 x 20 s
+    from proslushka.model import QuartzNet, preset, training_bytes
+
+    for name, seconds, measured in (("15x5", 40, 2256), ("15x5", 160, 7420), ("small", 640, 4091)):
+        assert training_bytes(QuartzNet(preset(name)), seconds) / 2**20 == pytest.approx(measured, rel=0.07)
+
+
+def test_a_batch_likely_not_to_fit_is_warned_about(tmp_path, monkeypatch, capsys):
+    import proslushka.trainer as trainer_module
+
+    train(tiny_cfg(tmp_path / "a", max_steps=1))
+    fits = capsys.readouterr().err
+    assert "\nmemory: ~0.3 GB for the largest batch (8 s of padded audio, fp32)\n" in fits
+    monkeypatch.setattr(trainer_module, "memory_available", lambda device: 200 << 20)
+    train(tiny_cfg(tmp_path / "b", max_steps=1))
+    line = [x for x in capsys.readouterr().err.splitlines() if "padded audio" in x][0]
+    assert line.startswith("warning: ~0.3 GB for the largest batch (8 s of padded audio, fp32), and cpu has 0.2 GB")
+    # 8.3 s x 0.8 x 200 MiB / ~310 MiB needed: a batch of ~4 s would fit
+    assert line.endswith("it is likely not to fit; --batch_seconds 4 (or a smaller --batch_size, with --accumulate to "
+                         "keep the step's size) should fit")  # fmt: skip

@@ -17,6 +17,14 @@ the others go on. aiohttp serves it: HTTP, WebSocket and multipart in one well-k
 
 from __future__ import annotations
 
+import os
+
+# numpy's OpenBLAS (the features' filterbank product) would run on a thread per core that spins between calls: on 2
+# cores the server then burns the second one for nothing and 16 streams lag 3 times longer (bench/stream.py --cores
+# 2). The one model worker takes turns anyway, so one BLAS thread; read when numpy is first imported, i.e. here
+# under `python -m proslushka.serve`.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import asyncio
 import json
@@ -73,8 +81,16 @@ class ProtocolError(Exception):
 class Server:
     """The model, the worker thread that runs it, the limits, and the count of open streams."""
 
-    def __init__(self, tr: Transcriber, limits: Limits, partial_seconds: float = PARTIAL_SECONDS, name: str = ""):
+    def __init__(
+        self,
+        tr: Transcriber,
+        limits: Limits,
+        partial_seconds: float = PARTIAL_SECONDS,
+        name: str = "",
+        lm_partials: bool = False,
+    ):
         self.tr, self.limits, self.partial_seconds, self.name = tr, limits, partial_seconds, name
+        self.lm_partials = lm_partials
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="proslushka-model")
         self.streams = 0
 
@@ -86,11 +102,15 @@ SERVER = web.AppKey("server", Server)
 
 
 def make_app(
-    tr: Transcriber, limits: Limits | None = None, partial_seconds: float = PARTIAL_SECONDS, name: str = ""
+    tr: Transcriber,
+    limits: Limits | None = None,
+    partial_seconds: float = PARTIAL_SECONDS,
+    name: str = "",
+    lm_partials: bool = False,
 ) -> web.Application:
     """The aiohttp application: routes, limits, and the worker thread (shut down with the app)."""
     limits = limits or Limits()
-    server = Server(tr, limits, partial_seconds, name)
+    server = Server(tr, limits, partial_seconds, name, lm_partials)
     app = web.Application(client_max_size=int(limits.max_body_mb * 1e6))
     app[SERVER] = server
 
@@ -178,7 +198,7 @@ async def session(server: Server, ws: web.WebSocketResponse) -> None:
         if stream is None:
             data, rate = wav_header(data, rate)
             try:
-                stream = Stream(server.tr, rate, server.partial_seconds)
+                stream = Stream(server.tr, rate, server.partial_seconds, lm_partials=server.lm_partials)
             except ValueError as e:
                 raise ProtocolError(WSCloseCode.INVALID_TEXT, str(e)) from None
         if stream.seconds + len(data) / 2 / stream.sample_rate > limits.max_stream_seconds:
@@ -399,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         default=PARTIAL_SECONDS,
         help="decode the partial again after this much new audio (default: %(default)s)",
     )
+    p.add_argument(
+        "--lm_partials",
+        action="store_true",
+        help="decode partials with the LM too (default: greedily, a stream then costs 2.3 times less; finals use it)",
+    )
     for f in fields(Limits):
         kind = int if f.type == "int" else float  # the annotations are strings here (from __future__)
         p.add_argument(f"--{f.name}", type=kind, default=f.default, help=f"(default: {f.default})")
@@ -417,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, DecoderError) as e:
         return fail(e, 2)
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-    app = make_app(tr, limits, args.partial_seconds, Path(args.model).name)
+    app = make_app(tr, limits, args.partial_seconds, Path(args.model).name, args.lm_partials)
     print(
         f"serve: {args.model} (lm: {lm}) on http://{args.host}:{args.port}/ (WebSocket: ws://{args.host}:{args.port}/)",
         file=sys.stderr,

@@ -5,7 +5,9 @@ cuts a file for transcribe.py (the same detector, frame grid, margins, pause len
 is split turned inside out, so that it can be fed), and each chunk is decoded whole when it ends, with the
 transcriber's own model, LM and hotwords: a final is what transcribe.py gives for that stretch of speech, word
 times included. While a chunk grows, it is decoded from its start again at most every `partial_seconds` of new
-audio for the partial text. A chunk ends 0.62 s into a pause (segment.GAP_SECONDS on the model's 20 ms frame grid).
+audio for the partial text, greedily (the model's run only: a beam search with the demo LM costs 1.5 times the run,
+and partials are most of the decodes; lm_partials=True uses the LM for them too). A chunk ends 0.62 s into a pause
+(segment.GAP_SECONDS on the model's 20 ms frame grid).
 
 Numpy and onnxruntime only (no torch). One Transcriber serves any number of streams, but one call at a time: its
 beam decoder keeps state inside a decode, so callers on several threads must take turns (serve.py runs every call
@@ -21,6 +23,7 @@ import numpy as np
 import soxr
 
 from .audio import MIN_SAMPLE_RATE
+from .decode import ctc_words
 from .features import num_frames
 from .infer import Transcriber, Word
 from .segment import GAP_SECONDS, MARGIN_SECONDS, MAX_CHUNK_SECONDS, SEARCH_SECONDS, pause_cut
@@ -124,8 +127,9 @@ class Stream:
         sample_rate: int | float | None = None,
         partial_seconds: float = PARTIAL_SECONDS,
         max_seconds: float = MAX_CHUNK_SECONDS,
+        lm_partials: bool = False,
     ):
-        self.tr = transcriber
+        self.tr, self.lm_partials = transcriber, lm_partials
         rate = transcriber.sample_rate
         self.sample_rate = rate if sample_rate is None else sample_rate
         if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:  # NaN fails too
@@ -159,7 +163,8 @@ class Stream:
             return ""
         start, audio = current
         if decode and (self.partial_at < 0 or len(audio) - self.partial_at >= self.partial_every):
-            self.partial_text = " ".join(w.word for w in chunk_words(self.tr, start, audio))
+            words = chunk_words(self.tr, start, audio, greedy=not self.lm_partials)
+            self.partial_text = " ".join(w.word for w in words)
             self.partial_at = len(audio)
         return self.partial_text
 
@@ -207,13 +212,18 @@ class Stream:
         return out
 
 
-def chunk_words(tr: Transcriber, start: int, audio: np.ndarray) -> list[Word]:
+def chunk_words(tr: Transcriber, start: int, audio: np.ndarray, greedy: bool = False) -> list[Word]:
     """The words of one chunk of speech (its first sample `start`), times from the start of the stream, as
-    Transcriber.transcribe_many finds them (infer.py's _chunks and _run for one chunk, which it does not expose)."""
+    Transcriber.transcribe_many finds them (infer.py's _chunks and _run for one chunk, which it does not expose);
+    greedy: best label per frame, without the transcriber's LM (for partials)."""
     if num_frames(len(audio), tr.feature_config) <= 0:  # no valid frame: the model hears nothing
         return []
     rate = tr.sample_rate
-    words = tr.words_of(tr.logprobs([audio])[0], start / rate)
+    lp = tr.logprobs([audio])[0]
+    if greedy:
+        words = ctc_words(lp.argmax(-1), tr.blank, tr.labels, tr.frame_seconds, start / rate)
+    else:
+        words = tr.words_of(lp, start / rate)
     for w in words:  # the last output frame can reach past the audio by up to one frame
         w.end = min(w.end, (start + len(audio)) / rate)
     return words

@@ -4,6 +4,7 @@ openai package calling the audio API, on 127.0.0.1 at a free port."""
 import asyncio
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -283,3 +284,21 @@ def test_the_server_and_the_stream_never_import_torch():
     check = "import sys, proslushka.serve, proslushka.stream; print('torch' in sys.modules, 'onnx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: OpenBLAS starts no thread of its own")
+def test_the_server_runs_numpy_on_one_blas_thread():
+    """numpy's OpenBLAS keeps a spinning thread per core; the server's one model worker needs none (with them, 16
+    streams on 2 cores lagged 3 times longer). Counted: the process's threads after importing the server, against
+    the same import with one BLAS thread asked for explicitly, and against numpy on its own (which does start them)."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+
+    def threads(module: str, blas: str | None = None) -> int:
+        check = f"import os, {module}; print(len(os.listdir('/proc/self/task')))"
+        extra = {"OPENBLAS_NUM_THREADS": blas} if blas else {}
+        out = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env={**env, **extra}, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        return int(out.stdout)
+
+    assert threads("numpy") > threads("numpy", "1")  # so the count can tell
+    assert threads("proslushka.serve") == threads("proslushka.serve", "1")

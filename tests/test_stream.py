@@ -88,6 +88,7 @@ def test_finals_equal_transcribe_py_word_for_word(tmp_path, speech, tr, capsys):
 
 
 def test_partials_grow_with_the_speech_and_are_throttled(speech, tr, monkeypatch):
+    """With the LM (lm_partials): the partials spell the final's words before it comes."""
     runs = []
     run = tr.logprobs
     monkeypatch.setattr(tr, "logprobs", lambda audios: runs.append(len(audios[0])) or run(audios))
@@ -95,7 +96,8 @@ def test_partials_grow_with_the_speech_and_are_throttled(speech, tr, monkeypatch
     (a, second) = list(split([x], align=320, skip_silence=True))[1]
     x = x[: a + len(second) + SR // 2]  # the first two clips: partials cost a decode each
     block = SR // 10
-    finals, partials = feed(Stream(tr, partial_seconds=0.4), (x[i : i + block] for i in range(0, len(x), block)))
+    stream = Stream(tr, partial_seconds=0.4, lm_partials=True)
+    finals, partials = feed(stream, (x[i : i + block] for i in range(0, len(x), block)))
     assert len(finals) == 2
     texts = [p for p in partials if p]
     for f in finals:  # each final's first word showed in a partial before it, as did most of its words
@@ -117,6 +119,24 @@ def test_partials_grow_with_the_speech_and_are_throttled(speech, tr, monkeypatch
     assert first and len(runs) == 1
     assert stream.accept(x[2 * SR : 2 * SR + SR // 4]) == []  # 0.25 s more of it
     assert stream.partial(decode=False) == first and len(runs) == 1
+
+
+def test_partials_are_greedy_by_default_and_finals_keep_the_lm(speech, tr):
+    """A partial is the LM-free (greedy) reading of the chunk so far, as a Transcriber without an LM reads it; the
+    finals are still the LM's (hotwords included)."""
+    greedy = Transcriber(MODEL)
+    x = speech.astype(np.float32) / 32768
+    stream, block, checked, finals = Stream(tr, partial_seconds=0.4), SR // 10, 0, []
+    for i in range(0, len(x), block):
+        finals += stream.accept(x[i : i + block])
+        current, text = stream.chunker.current(), stream.partial()
+        if current is not None and stream.partial_at == len(current[1]):  # decoded just now, from the chunk's start
+            assert text == " ".join(w.word for w in greedy.words_of(greedy.logprobs([current[1]])[0]))
+            checked += 1
+    finals += stream.finish()
+    assert checked >= 15
+    assert " ".join(f.text for f in finals) == tr.transcribe_audio(x).text
+    assert "иммортелей" in finals[1].text  # a hotword: the LM's, not greedy's spelling
 
 
 def test_other_rates_are_resampled_as_they_come(speech, tr):

@@ -1,8 +1,8 @@
 """Live transcription: PCM blocks of any size in, partial text while speech goes on and final segments at pauses.
 
 The method is VAD endpointing with re-decoding. The audio is cut into chunks of speech exactly as segment.split
-cuts a file for transcribe.py (the same detector, frame grid, margins, pause length and 20 s limit; Chunker below
-is split turned inside out, so that it can be fed), and each chunk is decoded whole when it ends, with the
+cuts a file for transcribe.py (split is segment.Chunker, fed block by block here as the audio comes: the same
+detector, frame grid, margins, pause length and 20 s limit), and each chunk is decoded whole when it ends, with the
 transcriber's own model, LM and hotwords: a final is what transcribe.py gives for that stretch of speech, word
 times included. While a chunk grows, it is decoded from its start again at most every `partial_seconds` of new
 audio for the partial text, greedily (the model's run only: a beam search with the demo LM costs 1.5 times the run,
@@ -16,7 +16,6 @@ on one worker thread).
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +25,7 @@ from .audio import MIN_SAMPLE_RATE
 from .decode import ctc_words
 from .features import num_frames
 from .infer import Transcriber, Word
-from .segment import GAP_SECONDS, MARGIN_SECONDS, MAX_CHUNK_SECONDS, SEARCH_SECONDS, pause_cut
-from .vad import SpeechDetector, frame_energy_db
+from .segment import MAX_CHUNK_SECONDS, Chunker
 
 PARTIAL_SECONDS = 0.4  # a partial is decoded again after this much new audio (the speech so far, from its start)
 MAX_SAMPLE_RATE = 384000  # Hz: the highest rate a sound card records; more is a misread config
@@ -41,77 +39,6 @@ class Segment:
     start: float
     end: float
     words: list[Word]
-
-
-class Chunker:
-    """segment.split(..., skip_silence=True) fed block by block: push() returns the chunks that a block completes,
-    flush() the last one, current() the chunk being built. The chunks are split's, sample for sample, whatever the
-    blocks' sizes (tests/test_stream.py checks it); the constants and the pause search are segment.py's."""
-
-    def __init__(self, sample_rate: int, max_seconds: float = MAX_CHUNK_SECONDS, align: int = 320):
-        if not 0 < max_seconds < 1e9:
-            raise ValueError(f"max_seconds must be a positive number of seconds, not {max_seconds}")
-        self.frame = frame = align
-        self.limit = max(int(max_seconds * sample_rate) // frame, 1)  # in frames, as split counts
-        self.search = max(self.limit - int(SEARCH_SECONDS * sample_rate) // frame, 1)
-        self.margin = int(MARGIN_SECONDS * sample_rate) // frame
-        self.gap = max(int(GAP_SECONDS * sample_rate) // frame, 2 * self.margin + 1)
-        self.detector = SpeechDetector(frame / sample_rate)
-        self.chunk: list[np.ndarray] = []  # frames of the chunk being built; it starts at sample self.start
-        self.lead: deque[np.ndarray] = deque(maxlen=self.margin)  # silent frames before speech: a chunk's lead-in
-        self.start = self.pos = self.quiet = 0
-        self.rest = np.zeros(0, np.float32)  # samples short of a whole frame, for the next block
-
-    def push(self, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """(first sample, samples) of each chunk that this block of float32 samples completes."""
-        x = np.concatenate([self.rest, block]) if len(self.rest) else block
-        n = len(x) // self.frame * self.frame
-        self.rest = x[n:].copy()
-        if not n:
-            return []
-        active = self.detector.active(frame_energy_db(x[:n], self.frame))
-        frames = np.split(x[:n], n // self.frame)
-        return [c for f, speech in zip(frames, active, strict=True) if (c := self._step(f, bool(speech)))]
-
-    def flush(self) -> list[tuple[int, np.ndarray]]:
-        """The chunks still held, at the end of the stream (split's last steps: a short last frame is no speech)."""
-        out = [c] if len(self.rest) and (c := self._step(self.rest, False)) else []
-        self.rest = np.zeros(0, np.float32)
-        if self.chunk:
-            keep = len(self.chunk) - max(self.quiet - self.margin, 0)
-            out.append((self.start, np.concatenate(self.chunk[:keep])))
-            self.chunk, self.quiet = [], 0
-        return out
-
-    def current(self) -> tuple[int, np.ndarray] | None:
-        """The chunk being built (speech has started and not yet paused long enough), or None."""
-        return (self.start, np.concatenate(self.chunk)) if self.chunk else None
-
-    def _step(self, f: np.ndarray, speech: bool) -> tuple[int, np.ndarray] | None:
-        """One frame through split's loop body; the chunk it completes, if any."""
-        out = None
-        if not self.chunk and not speech:
-            self.lead.append(f)
-        else:
-            if not self.chunk:
-                self.chunk, self.start = [*self.lead, f], self.pos - len(f) * len(self.lead)
-                self.lead.clear()
-            else:
-                self.chunk.append(f)
-            self.quiet = 0 if speech else self.quiet + 1
-            if self.quiet >= self.gap:  # a long pause: the chunk ends `margin` frames into it
-                out = self.start, np.concatenate(self.chunk[: len(self.chunk) - self.quiet + self.margin])
-                self.lead.extend(self.chunk[-self.margin :] if self.margin else [])
-                self.chunk, self.quiet = [], 0
-            elif len(self.chunk) > self.limit:
-                lo, hi = self.search, self.limit
-                at = pause_cut(np.concatenate(self.chunk[lo:hi]), 0, (hi - lo) * self.frame, self.frame)
-                cut = max(at // self.frame, 1) + lo
-                out = self.start, np.concatenate(self.chunk[:cut])
-                self.start += cut * self.frame
-                self.chunk = self.chunk[cut:]
-        self.pos += len(f)
-        return out
 
 
 class Stream:
@@ -140,7 +67,7 @@ class Stream:
             else None
         )
         align = transcriber.feature_config.hop_length * transcriber.stride  # the model's frame, as infer cuts
-        self.chunker = Chunker(rate, max_seconds, align)
+        self.chunker = Chunker(rate, max_seconds, align=align, skip_silence=True)
         self.partial_every = max(round(partial_seconds * rate), 1)
         self.samples = 0  # at the model's rate, so far
         self.odd = b""  # a byte of a 16-bit sample split between two blocks

@@ -13,8 +13,8 @@ from onnx_models import bursts
 import transcribe
 from proslushka.audio import load_audio
 from proslushka.infer import Transcriber
-from proslushka.segment import split
-from proslushka.stream import Chunker, Stream
+from proslushka.segment import Chunker, split
+from proslushka.stream import Stream
 
 SR = 16000
 MODEL = ROOT / "models" / "demo.onnx"
@@ -59,7 +59,7 @@ def test_chunker_cuts_exactly_as_split_whatever_the_blocks():
     assert len(want) >= 4
     rng = np.random.default_rng(1)
     for sizes in ([1, 7, 320, 319, 321], [16000], [100_000], list(rng.integers(1, 9000, 50))):
-        chunker, got, at, k = Chunker(SR, max_seconds=10), [], 0, 0
+        chunker, got, at, k = Chunker(SR, max_seconds=10, align=320, skip_silence=True), [], 0, 0
         while at < len(audio):
             n = int(sizes[k % len(sizes)])
             got += chunker.push(audio[at : at + n])

@@ -1,6 +1,6 @@
 """NeMo-compatible log-mel features: numpy for inference, torch for training. One config, one filterbank.
 
-The algorithm is NeMo's FilterbankFeatures (see ../shared/NEMO.md §2): pre-emphasis, centered STFT with a
+The algorithm is NeMo's FilterbankFeatures (docs/nemo-facts.md §2): pre-emphasis, centered STFT with a
 symmetric Hann window shorter than n_fft, power spectrum, Slaney mel filterbank, log(x + 2^-24), optional
 per-feature normalization over the valid frames, zeroed padding frames, time padded to a multiple of 16.
 """

@@ -2,7 +2,7 @@
 
 The archive is read in memory: no member is ever extracted to disk by its own name. Weights are loaded with
 torch.load(weights_only=True). The config is size- and depth-limited YAML without aliases, and every value the
-model is built from is checked against bounds before anything is allocated. Facts: ../shared/NEMO.md, and
+model is built from is checked against bounds before anything is allocated. Facts: docs/nemo-facts.md, and
 docs/nemo-versions.md for the layouts of each NeMo version and how we tell them apart.
 """
 

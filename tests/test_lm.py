@@ -2,7 +2,7 @@
 
 The LMs here are tiny ARPA files written by the tests (plus tests/data/lm/tiny.bin, the same model as a KenLM
 binary, and binaries the tests build with KenLM's build_binary where tools/build_kenlm.sh has built it), so nothing
-needs ../shared."""
+outside the repository is needed."""
 
 import hashlib
 import json

@@ -20,9 +20,6 @@ from proslushka.cli import fail, os_error
 
 # the shipped demo model (models/README.md), found beside this script whatever the working directory
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
-# the shipped LM (a word 3-gram of ru-synth's lm.txt), used by default only with the model it was tuned for (by
-# content, as its demo-lm.json records it): on another model its weights would make fluent filler of letter soup
-DEFAULT_LM = DEFAULT_MODEL.with_name("demo-lm.bin")
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")  # proslushka.formats.FORMATS, here so --help needs no imports
 AUDIO_EXTENSIONS = {
     ".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac", ".mp4", ".webm", ".mka", ".mkv", ".wma",
@@ -370,12 +367,12 @@ def setup_decoder(tr, args: argparse.Namespace) -> None:
 
 def default_lm(model: str, beam: bool) -> tuple[str | Path, str]:
     """(the LM to use without --lm, the line that says so): the shipped one only for the model it was tuned for."""
-    from proslushka.decode import load_settings, tuned_for
+    from proslushka.decode import DEMO_LM, demo_lm_for, load_settings
 
-    shown = shown_path(DEFAULT_LM)
-    settings = load_settings(DEFAULT_LM) if DEFAULT_LM.is_file() else None
-    if settings is not None and tuned_for(settings, model):
-        return DEFAULT_LM, f"lm: {shown} (tuned for this model; --lm none for greedy)"
+    shown = shown_path(DEMO_LM)
+    if demo_lm_for(model):
+        return DEMO_LM, f"lm: {shown} (tuned for this model; --lm none for greedy)"
+    settings = load_settings(DEMO_LM) if DEMO_LM.is_file() else None
     what = "beam search without a language model" if beam else "greedy"
     if settings is None:
         return "none", f"lm: none ({what}); --lm PATH for beam search with a language model"

@@ -31,6 +31,7 @@ import zipfile
 from pathlib import Path
 
 from .cli import fail
+from .decode import DEMO_LM  # bundled by default only with the model it was tuned for
 
 PACKAGE = Path(__file__).resolve().parent
 # soundfile needs cffi (its _cffi_backend) and typing_extensions at run time; soxr resamples what is not 16 kHz
@@ -47,7 +48,6 @@ DROP = [
     # wheels cannot hold symlinks, so flashlight ships each library three times; the extensions load the .so.0
     "flashlight/lib/text/libflashlight-text*.so", "flashlight/lib/text/libflashlight-text*.so.0.*",
 ]  # fmt: skip
-DEMO_LM = PACKAGE.parent / "models" / "demo-lm.bin"  # bundled by default only with the model it was tuned for
 ZIP_DATE = (2020, 1, 1, 0, 0, 0)  # fixed, so that the same inputs give the same zip
 LAMBDA_LIMIT = 250_000_000
 SMALL_FFMPEG = "build/ffmpeg/ffmpeg"  # where tools/build_ffmpeg.sh puts its audio-only build
@@ -249,9 +249,9 @@ def check_answers(answers: dict[str, list]) -> list[str]:
 def default_lm(model: Path) -> tuple[Path | None, str]:
     """(the LM to bundle without --lm, the line that says so): the demo LM only with the model it was tuned for, as
     transcribe.py decides: on another model its weights would turn letter soup into fluent filler."""
-    from .decode import load_settings, tuned_for
+    from .decode import demo_lm_for
 
-    if DEMO_LM.is_file() and tuned_for(load_settings(DEMO_LM), model):
+    if demo_lm_for(model):
         return DEMO_LM, f"lm: {DEMO_LM.name} (tuned for this model; --lm none for a greedy bundle)"
     return None, f"lm: none (greedy): {DEMO_LM.name} is tuned for the demo model only; --lm PATH to bundle one"
 

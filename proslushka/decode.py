@@ -135,6 +135,17 @@ def tuned_for(settings: dict, model: str | os.PathLike) -> bool | None:
         return False
 
 
+# the shipped LM (a word 3-gram of ru-synth's lm.txt), used without being asked for only with the model it was tuned for
+DEMO_LM = Path(__file__).resolve().parent.parent / "models" / "demo-lm.bin"
+
+
+def demo_lm_for(model: str | os.PathLike) -> Path | None:
+    """The shipped LM when its NAME.json records `model` (by content), else None: what transcribe.py, the server and
+    the Lambda bundle decode with when no LM is named. On another model its weights would make fluent filler of an
+    untrained model's letter soup."""
+    return DEMO_LM if DEMO_LM.is_file() and tuned_for(load_settings(DEMO_LM), model) else None
+
+
 def load_settings(lm: str | os.PathLike) -> dict:
     """NAME.json's contents with every setting checked (missing ones take the defaults); the defaults if none."""
     path = settings_path(lm)

@@ -42,7 +42,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from .audio import AudioError, AudioTooLongError, load_audio_bytes
 from .cli import fail
-from .decode import DecoderError, load_settings, parse_hotwords, tuned_for
+from .decode import DecoderError, demo_lm_for, parse_hotwords
 from .formats import cues, to_srt, to_vtt
 from .infer import ModelError, Transcriber, Transcript
 from .segment import MAX_CHUNK_SECONDS, split
@@ -50,7 +50,6 @@ from .stream import PARTIAL_SECONDS, Segment, Stream, chunk_words
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "demo.onnx"
-DEFAULT_LM = ROOT / "models" / "demo-lm.bin"
 PAGE = Path(__file__).resolve().parent / "web" / "index.html"
 BEHIND_SECONDS = 0.2  # a frame that waited this long for the model's worker gets no new partial decode
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -396,7 +395,7 @@ def dumps(value: Any) -> str:
 
 def default_lm(model: str | Path) -> str:
     """transcribe.py's choice without --lm: the shipped LM with the model it was tuned for, else none (greedy)."""
-    return str(DEFAULT_LM) if DEFAULT_LM.is_file() and tuned_for(load_settings(DEFAULT_LM), model) else "none"
+    return str(demo_lm_for(model) or "none")
 
 
 def main(argv: list[str] | None = None) -> int:

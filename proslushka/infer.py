@@ -158,12 +158,20 @@ class Transcriber:
         )
         return [out[i, : int(n)] for i, n in enumerate(out_len)]
 
-    def words_of(self, logprobs: np.ndarray, offset: float = 0.0) -> list[Word]:
-        """The words of one chunk's log-probs [T', V] with times in seconds, `offset` being the chunk's start."""
-        if self.decoder is None:
-            return ctc_words(logprobs.argmax(-1), self.blank, self.labels, self.frame_seconds, offset)
+    def words_of(
+        self, logprobs: np.ndarray, offset: float = 0.0, end: float | None = None, greedy: bool = False
+    ) -> list[Word]:
+        """The words of one chunk's log-probs [T', V] with times in seconds, `offset` being the chunk's start and
+        `end` its end (no word ends later: the last output frame can reach past the audio by up to one frame).
+        greedy: the best label per frame even where an LM is set (stream.py's partials)."""
         fs = self.frame_seconds
-        return [Word(w, offset + a * fs, offset + b * fs) for w, a, b in self.decoder.words(logprobs)]
+        if self.decoder is None or greedy:
+            words = ctc_words(logprobs.argmax(-1), self.blank, self.labels, fs, offset)
+        else:
+            words = [Word(w, offset + a * fs, offset + b * fs) for w, a, b in self.decoder.words(logprobs)]
+        for w in words if end is not None else ():
+            w.end = min(w.end, end)
+        return words
 
     def chunk_logprobs(self, source: str | os.PathLike | np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """(first sample, log-probs) of each chunk of a source, one at a time (for tuning a decoder)."""
@@ -240,10 +248,7 @@ class Transcriber:
             batch = pool[b : b + batch_size]
             for (job, start, audio), lp in zip(batch, self.logprobs([a for _, _, a in batch]), strict=True):
                 offset, end = start / self.sample_rate, (start + len(audio)) / self.sample_rate
-                words = self.words_of(lp, offset)
-                for w in words:  # the last output frame can reach past the audio by up to one frame
-                    w.end = min(w.end, end)
-                job.parts.append((start, words))
+                job.parts.append((start, self.words_of(lp, offset, end)))
                 job.pending -= 1
 
 

@@ -22,7 +22,6 @@ import numpy as np
 import soxr
 
 from .audio import MIN_SAMPLE_RATE
-from .decode import ctc_words
 from .features import num_frames
 from .infer import Transcriber, Word
 from .segment import MAX_CHUNK_SECONDS, Chunker
@@ -141,16 +140,9 @@ class Stream:
 
 def chunk_words(tr: Transcriber, start: int, audio: np.ndarray, greedy: bool = False) -> list[Word]:
     """The words of one chunk of speech (its first sample `start`), times from the start of the stream, as
-    Transcriber.transcribe_many finds them (infer.py's _chunks and _run for one chunk, which it does not expose);
-    greedy: best label per frame, without the transcriber's LM (for partials)."""
+    Transcriber.transcribe_many finds them (a chunk with no valid frame is skipped there too); greedy: best label
+    per frame, without the transcriber's LM (for partials)."""
     if num_frames(len(audio), tr.feature_config) <= 0:  # no valid frame: the model hears nothing
         return []
     rate = tr.sample_rate
-    lp = tr.logprobs([audio])[0]
-    if greedy:
-        words = ctc_words(lp.argmax(-1), tr.blank, tr.labels, tr.frame_seconds, start / rate)
-    else:
-        words = tr.words_of(lp, start / rate)
-    for w in words:  # the last output frame can reach past the audio by up to one frame
-        w.end = min(w.end, (start + len(audio)) / rate)
-    return words
+    return tr.words_of(tr.logprobs([audio])[0], start / rate, (start + len(audio)) / rate, greedy)

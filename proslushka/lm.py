@@ -64,11 +64,6 @@ def clean_line(line: str, labels: tuple[str, ...] = LABELS) -> str | None:
     return text if text and check(text, labels) is None else None
 
 
-def clean_lines(lines: Iterable[str], labels: tuple[str, ...] = LABELS) -> Iterator[str]:
-    """The lines that clean_line keeps, normalized."""
-    return filter(None, (clean_line(line, labels) for line in lines))
-
-
 Sentences = dict[tuple[str, ...], list[list[str]]]
 
 
@@ -87,12 +82,6 @@ def holds_sentence(line: str, by_start: Sentences) -> bool:
     """Whether the line contains one of the indexed sentences as a run of whole words."""
     words = line.split()
     return any(words[i : i + len(s)] == s for i in range(len(words)) for s in by_start.get(tuple(words[i : i + 2]), ()))
-
-
-def excluded(lines: Iterable[str], sentences: Iterable[str]) -> Iterator[str]:
-    """The lines that contain none of `sentences` as a run of whole words."""
-    by_start = sentence_index(sentences)
-    return (line for line in lines if not holds_sentence(line, by_start))
 
 
 def _rows(path: str | os.PathLike, fields: Sequence[str]) -> Iterator[tuple[int, dict]]:

@@ -455,12 +455,21 @@ class BeamDecoder:
                 s["beam_width"], tokens, BEAM_THRESHOLD, 0.0, 0.0, False, fl.CriterionType.CTC
             )
             self.decoder = fl.LexiconFreeDecoder(opts, fl.ZeroLM(), space, self.blank, [])
+            self.lm = None
             return
-        # self.lm: a Python-side LM (hotwords) must outlive the decoder, which holds it only on the C++ side
-        self.lm, trie, unk = self._lexicon(labels, Path(lm), hotwords or {})
+        # self.lm: a Python-side LM (hotwords) must outlive the decoder, which holds it only on the C++ side; the
+        # trie and LM are kept for narrower decoders (narrow()), which share them rather than load them again
+        self.lm, self.trie, self.unk = self._lexicon(labels, Path(lm), hotwords or {})
+        self.decoder = self._lexicon_decoder(s["beam_width"])
+        self.narrower: dict[int, object] = {}
+
+    def _lexicon_decoder(self, beam_width: int):
+        from flashlight.lib.text import decoder as fl
+
+        s = self.settings
         opts = fl.LexiconDecoderOptions(
-            s["beam_width"],
-            tokens,
+            beam_width,
+            len(self.labels) + 1,
             BEAM_THRESHOLD,
             s["alpha"],
             s["beta"],
@@ -469,7 +478,7 @@ class BeamDecoder:
             False,
             fl.CriterionType.CTC,
         )
-        self.decoder = fl.LexiconDecoder(opts, trie, self.lm, space, self.blank, unk, [], False)
+        return fl.LexiconDecoder(opts, self.trie, self.lm, self.labels.index(" "), self.blank, self.unk, [], False)
 
     def _lexicon(self, labels: Sequence[str], path: Path, hotwords: dict[str, float]):
         """(the LM, the trie of spellings, <unk>'s index): every vocabulary word and hotword spelled in our labels
@@ -503,14 +512,25 @@ class BeamDecoder:
         trie.smear(fl.SmearingMode.MAX)
         return lm, trie, unk
 
-    def words(self, logprobs: np.ndarray) -> list[tuple[str, int, int]]:
-        """(word, first frame, frame after the last) of the best hypothesis of log-probs [T, V]."""
+    def words(self, logprobs: np.ndarray, beam_width: int | None = None) -> list[tuple[str, int, int]]:
+        """(word, first frame, frame after the last) of the best hypothesis of log-probs [T, V]; beam_width: a
+        narrower beam than the settings' for this call (quicker, a little less accurate: live partials)."""
         x = np.ascontiguousarray(logprobs, dtype=np.float32)
         if len(x) == 0:
             return []
-        best = self.decoder.decode(x.ctypes.data, x.shape[0], x.shape[1])[0]
+        best = self._decoder(beam_width).decode(x.ctypes.data, x.shape[0], x.shape[1])[0]
         path = list(best.tokens)[1 : len(x) + 1]  # one token per frame, between a start and an end marker
         return [(w.word, round(w.start), round(w.end)) for w in ctc_words(path, self.blank, self.labels, 1.0)]
 
     def text(self, logprobs: np.ndarray) -> str:
         return " ".join(w for w, _, _ in self.words(logprobs))
+
+    def _decoder(self, beam_width: int | None):
+        """The decoder for a beam no wider than the settings' (made once per width, on the same LM and trie)."""
+        if beam_width is None or beam_width >= self.settings["beam_width"] or self.lm is None:
+            return self.decoder
+        if beam_width < 1:
+            raise DecoderError(f"beam_width must be at least 1, not {beam_width}")
+        if beam_width not in self.narrower:
+            self.narrower[beam_width] = self._lexicon_decoder(beam_width)
+        return self.narrower[beam_width]

@@ -159,16 +159,23 @@ class Transcriber:
         return [out[i, : int(n)] for i, n in enumerate(out_len)]
 
     def words_of(
-        self, logprobs: np.ndarray, offset: float = 0.0, end: float | None = None, greedy: bool = False
+        self,
+        logprobs: np.ndarray,
+        offset: float = 0.0,
+        end: float | None = None,
+        greedy: bool = False,
+        beam_width: int | None = None,
     ) -> list[Word]:
         """The words of one chunk's log-probs [T', V] with times in seconds, `offset` being the chunk's start and
         `end` its end (no word ends later: the last output frame can reach past the audio by up to one frame).
-        greedy: the best label per frame even where an LM is set (stream.py's partials)."""
+        greedy: the best label per frame even where an LM is set; beam_width: a narrower beam than the LM's tuned
+        one (both for stream.py's partials)."""
         fs = self.frame_seconds
         if self.decoder is None or greedy:
             words = ctc_words(logprobs.argmax(-1), self.blank, self.labels, fs, offset)
         else:
-            words = [Word(w, offset + a * fs, offset + b * fs) for w, a, b in self.decoder.words(logprobs)]
+            found = self.decoder.words(logprobs, beam_width)
+            words = [Word(w, offset + a * fs, offset + b * fs) for w, a, b in found]
         for w in words if end is not None else ():
             w.end = min(w.end, end)
         return words

@@ -27,6 +27,7 @@ from .infer import Transcriber, Word
 from .segment import MAX_CHUNK_SECONDS, Chunker
 
 PARTIAL_SECONDS = 0.4  # a partial is decoded again after this much new audio (the speech so far, from its start)
+PARTIAL_BEAM = 8  # LM partials' beam: a partial is redone 0.4 s later anyway; a wider beam costs more than it finds
 MAX_SAMPLE_RATE = 384000  # Hz: the highest rate a sound card records; more is a misread config
 
 
@@ -89,7 +90,7 @@ class Stream:
             return ""
         start, audio = current
         if decode and (self.partial_at < 0 or len(audio) - self.partial_at >= self.partial_every):
-            words = chunk_words(self.tr, start, audio, greedy=not self.lm_partials)
+            words = chunk_words(self.tr, start, audio, greedy=not self.lm_partials, beam_width=PARTIAL_BEAM)
             self.partial_text = " ".join(w.word for w in words)
             self.partial_at = len(audio)
         return self.partial_text
@@ -138,11 +139,13 @@ class Stream:
         return out
 
 
-def chunk_words(tr: Transcriber, start: int, audio: np.ndarray, greedy: bool = False) -> list[Word]:
+def chunk_words(
+    tr: Transcriber, start: int, audio: np.ndarray, greedy: bool = False, beam_width: int | None = None
+) -> list[Word]:
     """The words of one chunk of speech (its first sample `start`), times from the start of the stream, as
     Transcriber.transcribe_many finds them (a chunk with no valid frame is skipped there too); greedy: best label
-    per frame, without the transcriber's LM (for partials)."""
+    per frame, without the transcriber's LM, or beam_width: a narrower beam (both for partials)."""
     if num_frames(len(audio), tr.feature_config) <= 0:  # no valid frame: the model hears nothing
         return []
     rate = tr.sample_rate
-    return tr.words_of(tr.logprobs([audio])[0], start / rate, (start + len(audio)) / rate, greedy)
+    return tr.words_of(tr.logprobs([audio])[0], start / rate, (start + len(audio)) / rate, greedy, beam_width)

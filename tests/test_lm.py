@@ -536,3 +536,17 @@ def test_an_explicit_lm_is_used_on_any_model_and_said_when_tuned_for_another(cap
     assert err.count("\n") == 1 and f"lm: {DEMO_LM} is tuned for demo.onnx, not {re_exported}" in err
     rc, out, err = run(capsys, PORTRET, "--model", re_exported, "--lm", arpa, "--threads", "1")
     assert rc == 0 and err == ""  # an LM that records no model: nothing to say
+
+
+def test_a_narrower_beam_for_one_call_decodes_as_a_decoder_of_that_width(arpa):
+    """words(lp, beam_width) (stream.py's LM partials): what a decoder built with that beam finds, on the same LM
+    and trie (no second copy), and the decoder's own width is untouched by it."""
+    lp = spell("на стене висел венок", {10: ("е", 0.6), 4: ("а", 0.55)})
+    settings = {"alpha": 0.5, "beta": 1.0}
+    dec = BeamDecoder(LABELS, arpa, settings)
+    wide = dec.words(lp)
+    for width in (1, 2, 4):
+        assert dec.words(lp, beam_width=width) == BeamDecoder(LABELS, arpa, {**settings, "beam_width": width}).words(lp)
+    assert dec.words(lp, beam_width=1) != wide  # one hypothesis cannot hold "висел" against "весел" here
+    assert dec.words(lp) == wide and dec.words(lp, beam_width=1000) == wide
+    assert set(dec.narrower) == {1, 2, 4}

@@ -108,14 +108,23 @@ class SubBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dw is not None:
-            x, lengths = _masked(self.dw, x, lengths)
-        x, lengths = _masked(self.conv, x, lengths)
+            x, lengths = _masked(self.dw, x, lengths, self.training)
+        x, lengths = _masked(self.conv, x, lengths, self.training)
         return self.bn(x), lengths
 
 
-def _masked(conv: nn.Conv1d, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x = conv(x * sequence_mask(lengths, x.shape[2]).to(x.dtype))
-    k, s, p, d = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+def _masked(
+    conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, lengths: torch.Tensor, training: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """conv of x zeroed past each clip's length. Tensors are [B, C, T], or [B, C, 1, T] for the export's 2-D copy
+    (onnx_export.planar). A 1x1 convolution's valid frames never see the padding, so out of training (where
+    BatchNorm's batch statistics would) it runs unmasked: in the export a mask between two convolutions makes
+    onnxruntime reorder its blocked layout back and forth."""
+    k, s, p, d = conv.kernel_size[-1], conv.stride[-1], conv.padding[-1], conv.dilation[-1]
+    if k > 1 or training:
+        mask = sequence_mask(lengths, x.shape[-1]).to(x.dtype)
+        x = x * mask.view(mask.shape[0], *[1] * (x.dim() - 2), -1)
+    x = conv(x)
     if s > 1:
         lengths = torch.div(lengths + 2 * p - d * (k - 1) - 1, s, rounding_mode="floor") + 1
     return x, lengths
@@ -131,10 +140,11 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            x = x.float() * sequence_mask(lengths, x.shape[2]).float()
-            pooled = x.sum(2) / lengths[:, None].to(x.dtype)
+            mask = sequence_mask(lengths, x.shape[-1]).float()
+            x = x.float() * mask.view(mask.shape[0], *[1] * (x.dim() - 2), -1)
+            pooled = x.flatten(2).sum(2) / lengths[:, None].to(x.dtype)
             gate = torch.sigmoid(self.fc2(F.relu(self.fc1(pooled))))
-            return x * gate[:, :, None]
+            return x * gate.view(*gate.shape, *[1] * (x.dim() - 2))
 
 
 class JasperBlock(nn.Module):
@@ -161,7 +171,7 @@ class JasperBlock(nn.Module):
         if self.se is not None:
             out = self.se(out, out_len)
         if self.res_conv is not None:
-            res, _ = _masked(self.res_conv, x, lengths)  # the residual sees the block's input lengths
+            res, _ = _masked(self.res_conv, x, lengths, self.training)  # the block's input lengths
             out = out + self.res_bn(res)
         return F.relu(out), out_len
 
@@ -197,7 +207,7 @@ class QuartzNet(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, lengths = self.encode(x, lengths)
-        logits = self.decoder(x).transpose(1, 2)
+        logits = self.decoder(x).flatten(2).transpose(1, 2)  # flatten: the export's [B, C, 1, T] to [B, C, T]
         return logits.float().log_softmax(-1), lengths
 
     def reset_decoder(self, num_classes: int) -> None:

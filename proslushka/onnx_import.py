@@ -44,9 +44,9 @@ def _conv_batchnorm_pairs(model: QuartzNet) -> dict[str, str]:
 
 def _module_path(node: onnx.NodeProto) -> str:
     # The TorchScript exporter names a node after its module: "/blocks.1/subs.0/conv/Conv" (+ "_quant" once
-    # onnxruntime has quantized it).
+    # onnxruntime has quantized it); the planar export wraps the model: "/model/blocks.1/subs.0/conv/Conv".
     parts = node.name.strip("/").split("/")
-    return ".".join(parts[:-1])
+    return ".".join(parts[:-1]).removeprefix("model.")
 
 
 def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -91,6 +91,8 @@ def _folded_convs(proto: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndar
             continue
         if weight is None:
             raise OnnxImportError(f"{node.name}: weight is not a constant")
+        if weight.ndim == 4 and weight.shape[2] == 1:  # the planar export's 1 x K kernels (onnx_export.planar)
+            weight = weight[:, :, 0]
         convs[_module_path(node)] = (weight, bias)
     return convs
 

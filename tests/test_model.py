@@ -29,3 +29,37 @@ def test_padded_clip_gives_same_log_probs_as_alone():
         batch, bn = m(torch.cat([padded, other]), torch.tensor([97, 160]))
         assert bn[0] == n[0]
         assert (batch[0, : n[0]] - alone[0, : n[0]]).abs().max() < 1e-5
+
+
+def test_training_masks_every_convolution_input():
+    """As NeMo's MaskedConv1d: in training every convolution, 1x1 ones included, sees zeros past each clip's length
+    (BatchNorm's batch statistics cover padded frames too). In eval the 1x1 ones may skip it (no valid frame sees
+    padding through them)."""
+    torch.manual_seed(0)
+    m = QuartzNet(preset("tiny")).train()
+    seen = []
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.Conv1d) and mod.kernel_size[0] == 1 and mod is not m.decoder:
+            mod.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    m(torch.randn(2, 64, 120), torch.tensor([120, 70]))
+    assert len(seen) == sum(len(b.subs) for b in m.blocks) + sum(b.res_conv is not None for b in m.blocks)
+    for x in seen:  # every 1x1 conv here runs after the stride-2 first block, or is the first block's pointwise
+        valid = 35 if x.shape[-1] == 60 else 70
+        assert x[1, :, valid:].abs().max() == 0 and x[1, :, :valid].abs().max() > 0
+
+
+def test_planar_twin_computes_what_the_model_does():
+    """onnx_export.planar (the export's [B, C, 1, T] copy, 1 x K convolutions) on a padded batch, SE included."""
+    from proslushka.onnx_export import Planar
+
+    torch.manual_seed(0)
+    for se in (False, True):
+        m = QuartzNet(preset("tiny", se=se)).eval()
+        for p in m.parameters():
+            p.data.add_(0.1 * torch.randn_like(p))
+        x, lengths = torch.randn(3, 64, 131), torch.tensor([131, 77, 20])
+        want, want_len = m(x, lengths)
+        got, got_len = Planar(m)(x, lengths)
+        assert torch.equal(got_len, want_len)
+        for i, n in enumerate(want_len.tolist()):
+            assert (got[i, :n] - want[i, :n]).abs().max() < 1e-5

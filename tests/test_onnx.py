@@ -43,6 +43,23 @@ def test_onnx_matches_nemo_on_the_padded_batch(exported, reference):
         assert np.abs(lp[i, :n] - r["batch_logprobs"][i, :n]).max() < 1e-4
 
 
+def test_export_is_planar(exported):
+    """Every convolution is 2-D with a 1 x K kernel (onnxruntime's blocked layout runs those fast), and its weight
+    is the checkpoint's with a unit height axis."""
+    import onnx
+    from onnx import numpy_helper
+
+    name, path = exported
+    proto = onnx.load(path)
+    weights = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]].ndim == 4 and weights[n.input[1]].shape[2] == 1 for n in convs)
+    model, *_ = checkpoint.load_model(path.with_suffix(".pt"))
+    dw = model.blocks[1].subs[0].dw.weight.detach().numpy()
+    node = next(n for n in convs if n.name == "/model/blocks.1/subs.0/dw/Conv")
+    assert np.array_equal(weights[node.input[1]][:, :, 0], dw)
+
+
 def test_onnx_matches_torch(exported):
     from proslushka import onnx_export
 

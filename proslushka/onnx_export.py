@@ -1,7 +1,7 @@
 """Checkpoint → ONNX with NeMo's input/output names, dynamic batch and time, and everything inference needs
 (labels, feature settings) in the metadata, so model.onnx is the only file a transcriber reads.
 
-The graph is the model's 2-D twin (planar): [B, C, 1, T] tensors and 1 x K convolutions, the same weights. On a CPU
+The graph is 2-D (planar): [B, C, 1, T] tensors and 1 x K convolutions, the same weights. On a CPU
 onnxruntime then runs the convolutions in its blocked-channel layout (NCHWc), where a depthwise convolution is a
 vectorised kernel rather than a GEMM per channel: the 15x5's depthwise convolutions took 55% of its time as 1-D
 Conv nodes for 9% of its FLOPs (bench/peers.py has the figures).
@@ -47,45 +47,41 @@ def metadata(model: QuartzNet, feature_config: FeatureConfig, labels: list[str])
     }
 
 
-class Planar(torch.nn.Module):
-    """The model on [B, C, 1, T]: features [B, feat_in, T] in, the model's outputs out (its forward flattens the
-    logits back to [B, T', V])."""
-
-    def __init__(self, model: QuartzNet):
-        super().__init__()
-        self.model = planar(model)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(x.unsqueeze(2), lengths)
-
-
 def planar(model: QuartzNet) -> QuartzNet:
-    """A copy of the model (in eval mode) with every Conv1d a Conv2d of kernel 1 x K and every BatchNorm1d a
-    BatchNorm2d, holding the same numbers: model.py's forward works on either rank."""
+    """A copy of the model (in eval mode) with every Conv1d a Conv2d of kernel 1 x K holding the same numbers: the
+    model runs on [B, C, 1, T] anyway (model.QuartzNet.forward), and real Conv2d modules export as 2-D Conv nodes
+    named after their module (onnx_import reads the weights back by those names)."""
     twin = copy.deepcopy(model).eval()
     for name, m in list(twin.named_modules()):
-        if isinstance(m, torch.nn.Conv1d):
-            new = torch.nn.Conv2d(
-                m.in_channels,
-                m.out_channels,
-                (1, m.kernel_size[0]),
-                (1, m.stride[0]),
-                (0, m.padding[0]),
-                (1, m.dilation[0]),
-                m.groups,
-                m.bias is not None,
-            )
-            new.weight.data = m.weight.data.unsqueeze(2)
-            if m.bias is not None:
-                new.bias.data = m.bias.data
-        elif isinstance(m, torch.nn.BatchNorm1d):
-            new = torch.nn.BatchNorm2d(m.num_features, m.eps, m.momentum)
-            new.load_state_dict(m.state_dict())
-        else:
+        if not isinstance(m, torch.nn.Conv1d):
             continue
+        new = torch.nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            (1, m.kernel_size[0]),
+            (1, m.stride[0]),
+            (0, m.padding[0]),
+            (1, m.dilation[0]),
+            m.groups,
+            m.bias is not None,
+        )
+        new.weight.data = m.weight.data.unsqueeze(2)
+        if m.bias is not None:
+            new.bias.data = m.bias.data
         parent, _, leaf = name.rpartition(".")
         setattr(twin.get_submodule(parent), leaf, new.eval())
     return twin
+
+
+class _OneD(torch.nn.Module):
+    """The model on [B, C, T] tensors and Conv1d, as NeMo's exporter writes a QuartzNet (a bench's baseline)."""
+
+    def __init__(self, model: QuartzNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.head(*self.model.encode(x, lengths))
 
 
 def to_onnx(
@@ -100,7 +96,7 @@ def to_onnx(
         # The TorchScript exporter is deprecated but needs no extra package and handles this convnet exactly.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            Planar(model) if planar_graph else model,
+            planar(model) if planar_graph else _OneD(model),
             (x, lengths),
             buf,
             input_names=INPUTS,

@@ -44,9 +44,9 @@ def _conv_batchnorm_pairs(model: QuartzNet) -> dict[str, str]:
 
 def _module_path(node: onnx.NodeProto) -> str:
     # The TorchScript exporter names a node after its module: "/blocks.1/subs.0/conv/Conv" (+ "_quant" once
-    # onnxruntime has quantized it); the planar export wraps the model: "/model/blocks.1/subs.0/conv/Conv".
+    # onnxruntime has quantized it).
     parts = node.name.strip("/").split("/")
-    return ".".join(parts[:-1]).removeprefix("model.")
+    return ".".join(parts[:-1])
 
 
 def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -163,11 +163,11 @@ def calibrate_batchnorm(model: QuartzNet, clips: Iterable[torch.Tensor], only: s
 
     def hook(name: str):
         def collect(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0].double()
+            x = args[0].double().transpose(0, 1).flatten(1)  # [C, every frame of every clip]
             acc = sums[name]
-            acc[0] = acc[0] + x.sum((0, 2))
-            acc[1] = acc[1] + (x * x).sum((0, 2))
-            acc[2] += x.shape[0] * x.shape[2]
+            acc[0] = acc[0] + x.sum(1)
+            acc[1] = acc[1] + (x * x).sum(1)
+            acc[2] += x.shape[1]
 
         return collect
 

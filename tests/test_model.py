@@ -31,26 +31,33 @@ def test_padded_clip_gives_same_log_probs_as_alone():
         assert (batch[0, : n[0]] - alone[0, : n[0]]).abs().max() < 1e-5
 
 
-def test_training_masks_every_convolution_input():
+def test_training_masks_every_convolution_input(monkeypatch):
     """As NeMo's MaskedConv1d: in training every convolution, 1x1 ones included, sees zeros past each clip's length
     (BatchNorm's batch statistics cover padded frames too). In eval the 1x1 ones may skip it (no valid frame sees
     padding through them)."""
+    from proslushka import model as model_py
+
     torch.manual_seed(0)
     m = QuartzNet(preset("tiny")).train()
     seen = []
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.Conv1d) and mod.kernel_size[0] == 1 and mod is not m.decoder:
-            mod.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    conv = model_py._conv
+
+    def spy(c, x):
+        if c.kernel_size[-1] == 1 and c is not m.decoder:
+            seen.append(x.detach())
+        return conv(c, x)
+
+    monkeypatch.setattr(model_py, "_conv", spy)
     m(torch.randn(2, 64, 120), torch.tensor([120, 70]))
     assert len(seen) == sum(len(b.subs) for b in m.blocks) + sum(b.res_conv is not None for b in m.blocks)
-    for x in seen:  # every 1x1 conv here runs after the stride-2 first block, or is the first block's pointwise
-        valid = 35 if x.shape[-1] == 60 else 70
-        assert x[1, :, valid:].abs().max() == 0 and x[1, :, :valid].abs().max() > 0
+    for x in seen:  # every 1x1 conv runs after the first block's stride 2: 60 frames, 35 valid in the second clip
+        assert x.shape[-1] == 60
+        assert x[1, ..., 35:].abs().max() == 0 and x[1, ..., :35].abs().max() > 0
 
 
 def test_planar_twin_computes_what_the_model_does():
-    """onnx_export.planar (the export's [B, C, 1, T] copy, 1 x K convolutions) on a padded batch, SE included."""
-    from proslushka.onnx_export import Planar
+    """onnx_export.planar (the export's copy: Conv2d modules of 1 x K) on a padded batch, SE included."""
+    from proslushka.onnx_export import planar
 
     torch.manual_seed(0)
     for se in (False, True):
@@ -59,7 +66,30 @@ def test_planar_twin_computes_what_the_model_does():
             p.data.add_(0.1 * torch.randn_like(p))
         x, lengths = torch.randn(3, 64, 131), torch.tensor([131, 77, 20])
         want, want_len = m(x, lengths)
-        got, got_len = Planar(m)(x, lengths)
+        got, got_len = planar(m)(x, lengths)
         assert torch.equal(got_len, want_len)
         for i, n in enumerate(want_len.tolist()):
             assert (got[i, :n] - want[i, :n]).abs().max() < 1e-5
+
+
+def test_channels_last_form_computes_the_conv1d_form():
+    """The model runs [B, C, 1, T] time-major with 1 x K Conv2d (a dilated depthwise conv folded into [T/2, 2]);
+    NeMo's form is [B, C, T] and Conv1d (onnx_export._OneD runs the same modules so). In float64, training mode,
+    a padded batch with odd lengths: the same log-probs and the same gradients."""
+    from proslushka.onnx_export import _OneD
+
+    torch.manual_seed(0)
+    for se in (False, True):
+        m = QuartzNet(preset("tiny", se=se)).double().train()
+        assert any(b.dilation > 1 for b in m.cfg.blocks)
+        x, lengths = torch.randn(3, 64, 151, dtype=torch.float64), torch.tensor([151, 98, 33])
+        results = []
+        for forward in (m, _OneD(m)):
+            m.zero_grad()
+            lp, n = forward(x, lengths)
+            (lp[:, :, :5].sum() + lp.exp()[:, :, 7].sum()).backward()
+            results.append((lp.detach(), n, [p.grad.clone() for p in m.parameters()]))
+        (a, na, ga), (b, nb, gb) = results
+        assert torch.equal(na, nb)
+        assert (a - b).abs().max() < 1e-10
+        assert max(float((u - v).abs().max()) for u, v in zip(ga, gb, strict=True)) < 1e-9

@@ -56,7 +56,7 @@ def test_export_is_planar(exported):
     assert convs and all(weights[n.input[1]].ndim == 4 and weights[n.input[1]].shape[2] == 1 for n in convs)
     model, *_ = checkpoint.load_model(path.with_suffix(".pt"))
     dw = model.blocks[1].subs[0].dw.weight.detach().numpy()
-    node = next(n for n in convs if n.name == "/model/blocks.1/subs.0/dw/Conv")
+    node = next(n for n in convs if n.name == "/blocks.1/subs.0/dw/Conv")
     assert np.array_equal(weights[node.input[1]][:, :, 0], dw)
 
 

@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def live(args: argparse.Namespace) -> int:
     """--live: proslushka.stream over stdin's PCM or a file played at --speed; each final a line on stdout."""
+    # numpy's OpenBLAS would spin a thread per core between the small filterbank products of each partial (the
+    # server pins it so too: proslushka/serve.py); read when numpy is first imported, just below
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     import shutil
     import time
 

@@ -13,7 +13,7 @@ cores with as many threads, 1 by default), with the websockets package as Vosk's
 With --model15x5, also (3) for a random-weight QuartzNet 15x5 fp32 (needs torch to export it).
 
     python tools/make_eval_sets.py   # data/ru-synth/eval/long: a few ~3.5 min files (needs data/ru-synth/valid)
-    python bench/stream.py [--files 2] [--seconds 60] [--levels 8 16 24 32] [--model15x5] [--lm_partials]
+    python bench/stream.py [--files 2] [--seconds 60] [--levels 8 16 24 32] [--model15x5] [--greedy_partials]
     python bench/stream.py --cores 2 --parts 3 --levels 16 --seconds 300   # the issue's 5-minute soak on 2 cores
 
 The load average is printed beside the figures: on a shared machine they are a floor, not the server's best.
@@ -61,7 +61,7 @@ class Server:
     """python -m proslushka.serve on a free port, pinned to the first `cores` cores (taskset), as many onnxruntime
     threads."""
 
-    def __init__(self, model: Path, lm: str, lm_partials: bool = False, cores: int = 1):
+    def __init__(self, model: Path, lm: str, greedy_partials: bool = False, cores: int = 1):
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -84,7 +84,7 @@ class Server:
             "256",
             "--idle_seconds",
             "120",
-            *(["--lm_partials"] if lm_partials else []),
+            *(["--greedy_partials"] if greedy_partials else []),
         ]
         self.proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
         for _ in range(600):
@@ -283,15 +283,15 @@ def main() -> None:
     p.add_argument("--levels15x5", type=int, nargs="+", default=[1, 2, 4], help="the same for --model15x5")
     p.add_argument("--repeats", type=int, default=5, help="passes over samples/*.opus in (4)")
     p.add_argument("--model15x5", action="store_true", help="also (3) for a random-weight 15x5 fp32")
-    p.add_argument("--lm_partials", action="store_true", help="the server decodes partials with the LM too")
+    p.add_argument("--greedy_partials", action="store_true", help="the server decodes partials greedily")
     p.add_argument("--cores", type=int, default=1, help="the server's cores and threads (default: %(default)s)")
     p.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], help="which of 1-4 to run (default: all)")
     args = p.parse_args()
-    partials = "with the LM" if args.lm_partials else "greedy"
+    partials = "greedy" if args.greedy_partials else "with the LM, beam 8"
     print(f"bench/stream.py: demo model + its LM (partials {partials}), server on {args.cores} core(s); {load()}")
     files = long_files(Path(args.long), args.files)
     tr = Transcriber(MODEL, lm=LM, threads=1)
-    server = Server(MODEL, str(LM), args.lm_partials, args.cores)
+    server = Server(MODEL, str(LM), args.greedy_partials, args.cores)
     try:
         if 1 in args.parts:
             final_text_cer(server.port, tr, files)

@@ -86,10 +86,10 @@ class Server:
         limits: Limits,
         partial_seconds: float = PARTIAL_SECONDS,
         name: str = "",
-        lm_partials: bool = False,
+        greedy_partials: bool = False,
     ):
         self.tr, self.limits, self.partial_seconds, self.name = tr, limits, partial_seconds, name
-        self.lm_partials = lm_partials
+        self.greedy_partials = greedy_partials
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="proslushka-model")
         self.streams = 0
 
@@ -105,11 +105,11 @@ def make_app(
     limits: Limits | None = None,
     partial_seconds: float = PARTIAL_SECONDS,
     name: str = "",
-    lm_partials: bool = False,
+    greedy_partials: bool = False,
 ) -> web.Application:
     """The aiohttp application: routes, limits, and the worker thread (shut down with the app)."""
     limits = limits or Limits()
-    server = Server(tr, limits, partial_seconds, name, lm_partials)
+    server = Server(tr, limits, partial_seconds, name, greedy_partials)
     app = web.Application(client_max_size=int(limits.max_body_mb * 1e6))
     app[SERVER] = server
 
@@ -197,7 +197,7 @@ async def session(server: Server, ws: web.WebSocketResponse) -> None:
         if stream is None:
             data, rate = wav_header(data, rate)
             try:
-                stream = Stream(server.tr, rate, server.partial_seconds, lm_partials=server.lm_partials)
+                stream = Stream(server.tr, rate, server.partial_seconds, greedy_partials=server.greedy_partials)
             except ValueError as e:
                 raise ProtocolError(WSCloseCode.INVALID_TEXT, str(e)) from None
         if stream.seconds + len(data) / 2 / stream.sample_rate > limits.max_stream_seconds:
@@ -419,9 +419,10 @@ def main(argv: list[str] | None = None) -> int:
         help="decode the partial again after this much new audio (default: %(default)s)",
     )
     p.add_argument(
-        "--lm_partials",
+        "--greedy_partials",
         action="store_true",
-        help="decode partials with the LM too (default: greedily, a stream then costs 2.3 times less; finals use it)",
+        help="decode partials greedily (default: with the LM at a beam of 8; greedy costs 0.038 CPU s per audio s "
+        "against 0.049, but a word shows in a partial later)",
     )
     for f in fields(Limits):
         kind = int if f.type == "int" else float  # the annotations are strings here (from __future__)
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, DecoderError) as e:
         return fail(e, 2)
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-    app = make_app(tr, limits, args.partial_seconds, Path(args.model).name, args.lm_partials)
+    app = make_app(tr, limits, args.partial_seconds, Path(args.model).name, args.greedy_partials)
     print(
         f"serve: {args.model} (lm: {lm}) on http://{args.host}:{args.port}/ (WebSocket: ws://{args.host}:{args.port}/)",
         file=sys.stderr,

@@ -14,7 +14,7 @@ import transcribe
 from proslushka.audio import load_audio
 from proslushka.infer import Transcriber
 from proslushka.segment import Chunker, split
-from proslushka.stream import Stream
+from proslushka.stream import PARTIAL_BEAM, Stream
 
 SR = 16000
 MODEL = ROOT / "models" / "demo.onnx"
@@ -88,7 +88,7 @@ def test_finals_equal_transcribe_py_word_for_word(tmp_path, speech, tr, capsys):
 
 
 def test_partials_grow_with_the_speech_and_are_throttled(speech, tr, monkeypatch):
-    """With the LM (lm_partials): the partials spell the final's words before it comes."""
+    """With the LM (the default): the partials spell the final's words before it comes."""
     runs = []
     run = tr.logprobs
     monkeypatch.setattr(tr, "logprobs", lambda audios: runs.append(len(audios[0])) or run(audios))
@@ -96,7 +96,7 @@ def test_partials_grow_with_the_speech_and_are_throttled(speech, tr, monkeypatch
     (a, second) = list(split([x], align=320, skip_silence=True))[1]
     x = x[: a + len(second) + SR // 2]  # the first two clips: partials cost a decode each
     block = SR // 10
-    stream = Stream(tr, partial_seconds=0.4, lm_partials=True)
+    stream = Stream(tr, partial_seconds=0.4)
     finals, partials = feed(stream, (x[i : i + block] for i in range(0, len(x), block)))
     assert len(finals) == 2
     texts = [p for p in partials if p]
@@ -121,22 +121,30 @@ def test_partials_grow_with_the_speech_and_are_throttled(speech, tr, monkeypatch
     assert stream.partial(decode=False) == first and len(runs) == 1
 
 
-def test_partials_are_greedy_by_default_and_finals_keep_the_lm(speech, tr):
-    """A partial is the LM-free (greedy) reading of the chunk so far, as a Transcriber without an LM reads it; the
-    finals are still the LM's (hotwords included)."""
+def test_partials_use_the_lm_at_a_narrow_beam_or_greedy_and_finals_keep_the_lm(speech, tr):
+    """A partial is the chunk so far read by the same LM and hotwords at a beam of PARTIAL_BEAM (as a Transcriber
+    built with that beam reads it), or with greedy_partials the LM-free reading; the finals are the LM's at its
+    tuned beam either way (hotwords included)."""
+    narrow = Transcriber(MODEL)
+    narrow.use_lm(LM, {"beam_width": PARTIAL_BEAM}, {"прослушка": 5.0, "иммортелей": 10.0})
     greedy = Transcriber(MODEL)
     x = speech.astype(np.float32) / 32768
-    stream, block, checked, finals = Stream(tr, partial_seconds=0.4), SR // 10, 0, []
-    for i in range(0, len(x), block):
-        finals += stream.accept(x[i : i + block])
-        current, text = stream.chunker.current(), stream.partial()
-        if current is not None and stream.partial_at == len(current[1]):  # decoded just now, from the chunk's start
-            assert text == " ".join(w.word for w in greedy.words_of(greedy.logprobs([current[1]])[0]))
-            checked += 1
-    finals += stream.finish()
-    assert checked >= 15
-    assert " ".join(f.text for f in finals) == tr.transcribe_audio(x).text
-    assert "иммортелей" in finals[1].text  # a hotword: the LM's, not greedy's spelling
+    seen = []
+    for reader, greedy_partials in ((narrow, False), (greedy, True)):
+        stream, block, checked, finals = Stream(tr, 16000, 0.4, greedy_partials=greedy_partials), SR // 10, 0, []
+        seen.append([])
+        for i in range(0, len(x), block):
+            finals += stream.accept(x[i : i + block])
+            current, text = stream.chunker.current(), stream.partial()
+            if current is not None and stream.partial_at == len(current[1]):  # decoded just now, from its start
+                assert text == " ".join(w.word for w in reader.words_of(reader.logprobs([current[1]])[0]))
+                checked += 1
+                seen[-1].append(text)
+        finals += stream.finish()
+        assert checked >= 15
+        assert " ".join(f.text for f in finals) == tr.transcribe_audio(x).text
+        assert "иммортелей" in finals[1].text  # a hotword: the LM's, not greedy's spelling
+    assert seen[0] != seen[1]  # the two readings differ somewhere on this speech
 
 
 def test_other_rates_are_resampled_as_they_come(speech, tr):

@@ -288,11 +288,11 @@ def wiring_check(model: nn.Module, batch: int = 2, frames: int = 200) -> float:
     random init a 15x5 step is chaotic, its fp32 gradients move ~10% with the summation order alone (oneDNN off,
     same formulas) and ~30% with a 1e-6 change of the input. → max relative difference over log-probs and
     gradients."""
-    from proslushka.onnx_export import _OneD
+    from proslushka.onnx_export import Conv1dForm
 
     m64 = copy.deepcopy(model).double()
     step = Step(m64, batch, frames, torch.float64)
-    _, logp, grads = step(_OneD(m64), False)
+    _, logp, grads = step(Conv1dForm(m64), False)
     _, lp, gs = step(m64, False)
     return max([rel_diff(lp, logp)] + [rel_diff(a, b) for a, b in zip(gs, grads, strict=True)])
 
@@ -310,7 +310,7 @@ def main() -> None:
     args = p.parse_args()
 
     from proslushka.model import QuartzNet, preset
-    from proslushka.onnx_export import _OneD
+    from proslushka.onnx_export import Conv1dForm
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -327,7 +327,7 @@ def main() -> None:
     variants: dict[str, tuple[Callable, bool]] = {}
     for bf16 in (False, True):
         kind = "bf16" if bf16 else "fp32"
-        variants[f"{kind} conv1d"] = (_OneD(model), bf16)
+        variants[f"{kind} conv1d"] = (Conv1dForm(model), bf16)
         variants[f"{kind} channels-last"] = (model, bf16)
     if args.compile:
         t = time.perf_counter()

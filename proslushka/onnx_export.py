@@ -73,7 +73,7 @@ def planar(model: QuartzNet) -> QuartzNet:
     return twin
 
 
-class _OneD(torch.nn.Module):
+class Conv1dForm(torch.nn.Module):
     """The model on [B, C, T] tensors and Conv1d, as NeMo's exporter writes a QuartzNet (a bench's baseline)."""
 
     def __init__(self, model: QuartzNet):
@@ -96,7 +96,7 @@ def to_onnx(
         # The TorchScript exporter is deprecated but needs no extra package and handles this convnet exactly.
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            planar(model) if planar_graph else _OneD(model),
+            planar(model) if planar_graph else Conv1dForm(model),
             (x, lengths),
             buf,
             input_names=INPUTS,

@@ -74,9 +74,9 @@ def test_planar_twin_computes_what_the_model_does():
 
 def test_channels_last_form_computes_the_conv1d_form():
     """The model runs [B, C, 1, T] time-major with 1 x K Conv2d (a dilated depthwise conv folded into [T/2, 2]);
-    NeMo's form is [B, C, T] and Conv1d (onnx_export._OneD runs the same modules so). In float64, training mode,
+    NeMo's form is [B, C, T] and Conv1d (onnx_export.Conv1dForm runs the same modules so). In float64, training mode,
     a padded batch with odd lengths: the same log-probs and the same gradients."""
-    from proslushka.onnx_export import _OneD
+    from proslushka.onnx_export import Conv1dForm
 
     torch.manual_seed(0)
     for se in (False, True):
@@ -84,7 +84,7 @@ def test_channels_last_form_computes_the_conv1d_form():
         assert any(b.dilation > 1 for b in m.cfg.blocks)
         x, lengths = torch.randn(3, 64, 151, dtype=torch.float64), torch.tensor([151, 98, 33])
         results = []
-        for forward in (m, _OneD(m)):
+        for forward in (m, Conv1dForm(m)):
             m.zero_grad()
             lp, n = forward(x, lengths)
             (lp[:, :, :5].sum() + lp.exp()[:, :, 7].sum()).backward()

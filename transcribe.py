@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from proslushka.cli import fail, os_error
+from proslushka.cli import fail, number, os_error
 
 # the shipped demo model (models/README.md), found beside this script whatever the working directory
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "demo.onnx"
@@ -60,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--output", help="write all transcripts to this one file (default: stdout)")
     p.add_argument(
         "--batch_size",
-        type=at_least(1, int),
+        type=number(1, kind=int),
         default=1,
         help=f"chunks per onnxruntime run (default: %(default)s; at most {BATCH_SECONDS} s of audio a run: "
         f"--batch_size times --max_chunk_seconds, i.e. {BATCH_SECONDS // 20} chunks of 20 s)",
     )
     p.add_argument(
-        "--threads", type=at_least(0, int), default=None, help="onnxruntime intra-op threads (default: all cores)"
+        "--threads", type=number(0, kind=int), default=None, help="onnxruntime intra-op threads (default: all cores)"
     )
     p.add_argument(
         "--max_chunk_seconds",
-        type=at_least(1),
+        type=number(1),
         default=20.0,
         help="cut long audio at pauses into chunks at most this long (default: %(default)s)",
     )
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "audio is cut into chunks of speech and pauses over ~0.6 s are left out)",
     )
     p.add_argument(
-        "--max_words_per_line", type=at_least(1, int), default=None, help="srt/vtt: at most this many words a cue"
+        "--max_words_per_line", type=number(1, kind=int), default=None, help="srt/vtt: at most this many words a cue"
     )
     p.add_argument(
         "--report",
@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         "models/demo-lm.bin with the model it was tuned for, the demo model; greedy with any other)",
     )
     p.add_argument(
-        "--beam_width", type=at_least(1, int), help="hypotheses kept per frame (default: the LM's tuned one, or 64)"
+        "--beam_width", type=number(1, kind=int), help="hypotheses kept per frame (default: the LM's tuned one, or 64)"
     )
-    p.add_argument("--lm_alpha", type=at_least(-math.inf), help="LM weight (default: the LM's tuned one)")
-    p.add_argument("--lm_beta", type=at_least(-math.inf), help="bonus per word (default: the LM's tuned one)")
+    p.add_argument("--lm_alpha", type=number(-math.inf), help="LM weight (default: the LM's tuned one)")
+    p.add_argument("--lm_beta", type=number(-math.inf), help="bonus per word (default: the LM's tuned one)")
     p.add_argument(
         "--hotwords",
         help='words to favour, e.g. "прослушка:10,квартц" (weight 10 if not given); also words the LM has never seen',
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "default -ac 1 -ar 16000 -f s16le - | python transcribe.py --live -), a file is played in real time; "
         "finals are printed line by line, the partial is shown in place on a terminal's stderr",
     )
-    p.add_argument("--speed", type=at_least(0.01), default=1.0, help="--live FILE: play it this many times faster")
+    p.add_argument("--speed", type=number(0.01), default=1.0, help="--live FILE: play it this many times faster")
     args = p.parse_args(argv)
     if args.live is not None:
         if args.inputs or args.manifest or args.output or args.output_dir or args.report or args.format != "txt":
@@ -283,24 +283,6 @@ def live(args: argparse.Namespace) -> int:
     except OSError as e:
         return stdout_failed(e)
     return 0
-
-
-def at_least(lo: float, kind: type = float):
-    """An argparse type: a finite number of `kind` (float or int) not below `lo`. float() takes "nan" and "inf",
-    which no size, duration or weight can be; argparse then reports the flag, one line, exit 2."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < lo:
-            what = "an integer" if kind is int else "a finite number"
-            bound = f" of at least {lo:g}" if lo > -math.inf else ""
-            raise argparse.ArgumentTypeError(f"must be {what}{bound}, not {text!r}")
-        return value
-
-    return parse
 
 
 def outputs_and_sources(args: argparse.Namespace, items: list[Item]):

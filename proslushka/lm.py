@@ -17,7 +17,6 @@ does the same on its own when NAME.words is missing.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import stat
@@ -27,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from .cli import fail
+from .cli import fail, number
 from .decode import (
     DEFAULTS,
     SETTINGS,
@@ -340,27 +339,10 @@ def _logprobs(tr, audio: Path, where: str) -> list:
         raise LMError(f"{where}: {e}") from None
 
 
-def in_range(lo: float, hi: float, kind: type = float) -> Callable[[str], float]:
-    """An argparse type: a finite number of `kind` (float or int) from lo to hi; argparse then names the option in
-    one line, exit 2, before any work (float() takes "nan" and "inf", which no weight or width can be)."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and lo <= value <= hi):
-            what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"must be {what} from {lo:g} to {hi:g}, not {text!r}")
-        return value
-
-    return parse
-
-
 def setting(key: str, what: str, kind: type = float) -> dict:
     """add_argument's type and help for a decoder setting: the range NAME.json may hold it in (decode.SETTINGS)."""
     _, lo, hi = SETTINGS[key]
-    return {"type": in_range(lo, hi, kind), "help": f"{what}, {lo:g} to {hi:g}"}
+    return {"type": number(lo, hi, kind), "help": f"{what}, {lo:g} to {hi:g}"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("-o", "--output", required=True, help="the LM to write (NAME.bin; .words and .json beside it)")
     b.add_argument(
         "--order",
-        type=in_range(2, 6, int),
+        type=number(2, 6, int),
         default=3,
         help="n-gram order, 2 to 6 (tools/build_kenlm.sh builds KenLM for orders up to 6; default: %(default)s)",
     )
@@ -391,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--beam_width", nargs="+", default=[64, 32, 16], **beams)
     t.add_argument(
         "--threads",
-        type=in_range(1, MAX_THREADS, int),
+        type=number(1, MAX_THREADS, int),
         default=None,
         help=f"onnxruntime intra-op threads, 1 to {MAX_THREADS} (default: all cores)",
     )

@@ -88,10 +88,10 @@ class Timed:
 
 
 def measure(model: Path, audio: np.ndarray, repeats: int) -> None:
-    from proslushka.infer import MAX_CHUNK_SECONDS, Transcriber
+    from proslushka.infer import Transcriber
 
     tr = Transcriber(model, threads=1)
-    pieces = list(tr._chunks(audio, MAX_CHUNK_SECONDS))
+    pieces = list(tr.chunks(audio))
     kept = np.concatenate([a for _, a in pieces])
     runs = {
         "whole": lambda: tr.logprobs([audio]),

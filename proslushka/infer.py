@@ -131,6 +131,7 @@ class Transcriber:
         self.blank = len(self.labels)
         self.sample_rate = self.feature_config.sample_rate
         self.frame_seconds = self.feature_config.window_stride * self.stride  # one output frame: 20 ms
+        self.frame_samples = self.feature_config.hop_length * self.stride  # the same in samples: chunks cut on it
         self.decoder: BeamDecoder | None = None
         if lm is not None or hotwords:
             self.use_lm(lm, lm_settings, hotwords)
@@ -182,7 +183,7 @@ class Transcriber:
 
     def chunk_logprobs(self, source: str | os.PathLike | np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """(first sample, log-probs) of each chunk of a source, one at a time (for tuning a decoder)."""
-        for start, audio in self._chunks(source, MAX_CHUNK_SECONDS):
+        for start, audio in self.chunks(source):
             yield start, self.logprobs([audio])[0]
 
     def transcribe(self, audio: np.ndarray) -> str:
@@ -217,7 +218,7 @@ class Transcriber:
             job = _Job()
             jobs.append(job)
             try:
-                for start, audio in self._chunks(source, max_seconds, job):
+                for start, audio in self.chunks(source, max_seconds, job):
                     job.pending += 1
                     pool.append((job, start, audio))
                     if len(pool) >= pool_size:
@@ -231,10 +232,11 @@ class Transcriber:
         self._run(pool, batch_size)
         yield from _finished(jobs, self.sample_rate)
 
-    def _chunks(
-        self, source: str | os.PathLike | np.ndarray, max_seconds: float, job: _Job | None = None
+    def chunks(
+        self, source: str | os.PathLike | np.ndarray, max_seconds: float = MAX_CHUNK_SECONDS, job: _Job | None = None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """(first sample, samples) of each chunk of speech; job.samples counts all the source's samples."""
+        """(first sample, samples) of each chunk of speech, as transcription cuts a source (segment.split on the
+        model's frame grid); job.samples counts all the source's samples."""
         blocks = [source] if isinstance(source, np.ndarray) else stream_audio(source, self.sample_rate)
 
         def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -243,8 +245,9 @@ class Transcriber:
                     job.samples += len(block)
                 yield block
 
-        align = self.feature_config.hop_length * self.stride
-        chunks = split(counted(blocks), self.sample_rate, max_seconds, align=align, skip_silence=self.skip_silence)
+        chunks = split(
+            counted(blocks), self.sample_rate, max_seconds, align=self.frame_samples, skip_silence=self.skip_silence
+        )
         # a chunk shorter than one hop (a file's last few samples with skip_silence off) has no valid frame: the
         # model would hear nothing in it, and normalizing its empty features would only warn about empty means
         return ((start, audio) for start, audio in chunks if num_frames(len(audio), self.feature_config) > 0)

@@ -45,7 +45,6 @@ from .cli import fail
 from .decode import DecoderError, demo_lm_for, parse_hotwords
 from .formats import cues, to_srt, to_vtt
 from .infer import ModelError, Transcriber, Transcript
-from .segment import MAX_CHUNK_SECONDS, split
 from .stream import PARTIAL_SECONDS, Segment, Stream, chunk_words
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,9 +348,7 @@ def decode_upload(upload: web.FileField, name: str, sample_rate: int, max_second
 async def transcribe(server: Server, audio: np.ndarray) -> Transcript:
     """transcribe.py's transcript of the samples: split's chunks, each decoded as one call on the worker."""
     tr = server.tr
-    align = tr.feature_config.hop_length * tr.stride
-    cut = split([audio], tr.sample_rate, MAX_CHUNK_SECONDS, align=align, skip_silence=tr.skip_silence)
-    chunks = await asyncio.get_running_loop().run_in_executor(None, list, cut)  # the detector: not the model's turn
+    chunks = await asyncio.get_running_loop().run_in_executor(None, list, tr.chunks(audio))  # not the model's turn
     words = []
     for start, chunk in chunks:
         words += await server.run(chunk_words, tr, start, chunk)

@@ -67,8 +67,7 @@ class Stream:
             if self.sample_rate != rate
             else None
         )
-        align = transcriber.feature_config.hop_length * transcriber.stride  # the model's frame, as infer cuts
-        self.chunker = Chunker(rate, max_seconds, align=align, skip_silence=True)
+        self.chunker = Chunker(rate, max_seconds, align=transcriber.frame_samples, skip_silence=True)
         self.partial_every = max(round(partial_seconds * rate), 1)
         self.samples = 0  # at the model's rate, so far
         self.odd = b""  # a byte of a 16-bit sample split between two blocks

@@ -458,7 +458,7 @@ class BeamDecoder:
             self.lm = None
             return
         # self.lm: a Python-side LM (hotwords) must outlive the decoder, which holds it only on the C++ side; the
-        # trie and LM are kept for narrower decoders (narrow()), which share them rather than load them again
+        # trie and LM are kept for narrower decoders (_decoder), which share them rather than load them again
         self.lm, self.trie, self.unk = self._lexicon(labels, Path(lm), hotwords or {})
         self.decoder = self._lexicon_decoder(s["beam_width"])
         self.narrower: dict[int, object] = {}

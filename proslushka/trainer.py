@@ -512,7 +512,6 @@ def train(cfg: TrainConfig) -> QuartzNet:
     """Run a whole training (or resume one); returns the trained model."""
     trainer = Trainer(cfg)
     try:
-        return trainer.fit()
+        return trainer.fit()  # which lets the run folder go, however it ends
     finally:
-        trainer.run.release()
         shutdown(trainer.dist)

@@ -30,16 +30,13 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import numpy as np  # noqa: E402
+from common import load, random_model  # noqa: E402
 
 from export import calibration_inputs  # noqa: E402
 from proslushka import onnx_export  # noqa: E402
 
 VALID = ROOT / "data/ru-synth/valid/manifest.jsonl"
 FORMS = ("fp32", "dynamic", "static")
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def forms(proto, manifest: str, clips: int, folder: Path, name: str) -> dict[str, Path]:
@@ -108,14 +105,9 @@ def main() -> None:
         sys.exit(f"{args.manifest}: no such manifest (render it: python tools/render_corpus.py, see README)")
     with tempfile.TemporaryDirectory(prefix="bench_int8_") as tmp:
         if 1 in args.parts:
-            import torch
+            import onnx
 
-            from proslushka.features import FeatureConfig
-            from proslushka.model import QuartzNet, preset
-            from proslushka.text import LABELS
-
-            torch.manual_seed(0)
-            proto = onnx_export.to_onnx(QuartzNet(preset("15x5")).eval(), FeatureConfig(), list(LABELS))
+            proto = onnx.load(random_model(Path(tmp)))
             speed(forms(proto, str(args.manifest), args.calibration, Path(tmp), "15x5"), args.repeats)
         if 2 in args.parts:
             from proslushka.onnx_import import from_onnx

@@ -31,6 +31,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import numpy as np  # noqa: E402
+from common import random_model  # noqa: E402
 
 VALID = ROOT / "data/ru-synth/valid/manifest.jsonl"
 CASES = ("whole", "kept", "pieces")
@@ -53,24 +54,6 @@ def joined_clips(seconds: float, seed: int = 0) -> np.ndarray:
         if n >= seconds * 16000:
             break
     return augment.join(clips, pauses)[: int(seconds * 16000)]
-
-
-def random_models(name: str, folder: Path) -> list[Path]:
-    """The preset with random weights, exported planar (as export.py does) and as a 1-D graph."""
-    import torch
-
-    from proslushka import onnx_export
-    from proslushka.features import FeatureConfig
-    from proslushka.model import QuartzNet, preset
-    from proslushka.text import LABELS
-
-    torch.manual_seed(0)
-    model = QuartzNet(preset(name)).eval()
-    paths = []
-    for planar, suffix in ((True, ""), (False, "-1d")):
-        paths.append(folder / f"{name}{suffix}.onnx")
-        onnx_export.save(onnx_export.to_onnx(model, FeatureConfig(), list(LABELS), planar_graph=planar), paths[-1])
-    return paths
 
 
 class Timed:
@@ -135,7 +118,8 @@ def main() -> None:
 
     audio = load_audio(args.audio)[: int(args.seconds * 16000)] if args.audio else joined_clips(args.seconds)
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
-        for model in [*args.models, *(m for name in args.preset for m in random_models(name, Path(tmp)))]:
+        presets = [random_model(Path(tmp), name, planar) for name in args.preset for planar in (True, False)]
+        for model in [*args.models, *presets]:
             measure(model, audio, args.repeats)
 
 

@@ -45,6 +45,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common import load  # bench/common.py: the standard library only, so NeMo's venv imports it too
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -57,10 +59,6 @@ NEMO_PYTHON = "/tmp/nemo-venv/bin/python"
 GEMM_RUNS = 20  # a best of many: ~40 ms each, and a busy machine slows some of them
 # Imports of the project and of numpy wait until they are needed: bench/peers_nemo_worker.py imports serve_steps from
 # here inside NeMo's venv, which has neither the project's dependencies nor its threads settings.
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def spread(times: list[float], unit: float = 1e3, name: str = "ms") -> str:
@@ -102,21 +100,15 @@ def conv_flops(cfg: ModelConfig, frames: int) -> tuple[float, float]:
 
 
 def export_15x5(folder: Path) -> tuple[Path, Path, Path]:
-    """A random-weight 15x5 exported by the project's exporter as it is now (bench/stream.py's), the same weights as
+    """A random-weight 15x5 exported by the project's exporter as it is now (bench/common.py's), the same weights as
     the 1-D graph NeMo's exporter writes (Conv1d: what a sherpa-onnx user runs), and the sherpa-onnx tokens file."""
-    import torch
-    from stream import random_15x5
+    from common import random_model
 
-    from proslushka.features import FeatureConfig
     from proslushka.files import atomic_write
-    from proslushka.model import QuartzNet, preset
-    from proslushka.onnx_export import save, sherpa_tokens, to_onnx, tokens_path
+    from proslushka.onnx_export import sherpa_tokens, tokens_path
     from proslushka.text import LABELS
 
-    model = random_15x5(folder)
-    torch.manual_seed(0)  # random_15x5's seed: the same weights
-    nemo_graph = folder / "15x5-1d.onnx"
-    save(to_onnx(QuartzNet(preset("15x5")).eval(), FeatureConfig(), list(LABELS), planar_graph=False), nemo_graph)
+    model, nemo_graph = random_model(folder), random_model(folder, planar=False)
     tokens = tokens_path(model)
     atomic_write(tokens, sherpa_tokens(list(LABELS)).encode())
     return model, nemo_graph, tokens

@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from common import load, random_model
 from websockets.asyncio.client import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,10 +48,6 @@ SR = 16000
 FRAME = 3200  # samples: 0.2 s, as Vosk's example clients send
 LONG = ROOT / "data/ru-synth/eval/long/manifest.jsonl"
 MODEL, LM = ROOT / "models/demo.onnx", ROOT / "models/demo-lm.bin"
-
-
-def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
 
 
 def pct(values, q: float) -> float:
@@ -260,20 +257,6 @@ def openai_rps(port: int, tr: Transcriber, repeats: int) -> None:
           f"{local:.1f} clips/s; {load()}")  # fmt: skip
 
 
-def random_15x5(folder: Path) -> Path:
-    import torch
-
-    from proslushka.features import FeatureConfig
-    from proslushka.model import QuartzNet, preset
-    from proslushka.onnx_export import save, to_onnx
-    from proslushka.text import LABELS
-
-    torch.manual_seed(0)
-    path = folder / "15x5.onnx"
-    save(to_onnx(QuartzNet(preset("15x5")).eval(), FeatureConfig(), list(LABELS)), path)
-    return path
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--long", default=str(LONG), help="long eval files' manifest (default: %(default)s)")
@@ -306,7 +289,7 @@ def main() -> None:
         server.close()
     if args.model15x5:
         with tempfile.TemporaryDirectory() as tmp:
-            server = Server(random_15x5(Path(tmp)), "none")
+            server = Server(random_model(Path(tmp)), "none")
             try:
                 streams_per_core(server, audios, args.levels15x5, args.seconds, "15x5 fp32 (random weights, greedy)")
             finally:
